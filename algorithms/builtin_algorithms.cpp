@@ -1,0 +1,11 @@
+// The one place that lists the algorithms compiled into this build. Each
+// algorithm folder provides a register_<name> function.
+#include "algorithms/registry.hpp"
+
+namespace bagua {
+
+void register_gradient_allreduce(AlgorithmRegistry& registry);
+
+void register_builtin_algorithms(AlgorithmRegistry& registry) { register_gradient_allreduce(registry); }
+
+}  // namespace bagua

@@ -1,0 +1,112 @@
+#include "algorithms/registry.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+#include "core/error.hpp"
+
+namespace bagua {
+
+void register_builtin_algorithms(AlgorithmRegistry& registry);  // builtin_algorithms.cpp
+
+AlgorithmRegistry& AlgorithmRegistry::instance() {
+  static AlgorithmRegistry* registry = [] {
+    auto* r = new AlgorithmRegistry();
+    register_builtin_algorithms(*r);
+    return r;
+  }();
+  return *registry;
+}
+
+void AlgorithmRegistry::add(const std::string& name, AlgorithmEntry entry) {
+  if (!entries_.emplace(name, std::move(entry)).second) {
+    throw InvalidArgument(fmt::format("algorithm '{}' is registered twice", name));
+  }
+}
+
+std::vector<std::string> AlgorithmRegistry::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, _] : entries_) out.push_back(name);
+  return out;
+}
+
+const AlgorithmEntry& AlgorithmRegistry::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) {
+    throw InvalidArgument(
+        fmt::format("unknown algorithm '{}'; available: {}", name, fmt::join(names(), ", ")));
+  }
+  return it->second;
+}
+
+std::unique_ptr<Algorithm> AlgorithmRegistry::create(const std::string& spec, const WorldInfo& world) const {
+  auto [name, options] = parse_algorithm_spec(spec);
+  const AlgorithmEntry& e = entry(name);
+  for (const auto& [key, _] : options) {
+    if (!e.options.count(key)) {
+      std::vector<std::string> valid;
+      for (const auto& [k, _d] : e.options) valid.push_back(k);
+      throw InvalidArgument(fmt::format("algorithm '{}' has no option '{}'; valid options: {}", name, key,
+                                        valid.empty() ? std::string("(none)") : fmt::format("{}", fmt::join(valid, ", "))));
+    }
+  }
+  return e.make(options, world);
+}
+
+std::pair<std::string, AlgorithmOptions> parse_algorithm_spec(const std::string& spec) {
+  auto trim = [](std::string s) {
+    const auto b = s.find_first_not_of(" \t");
+    const auto e = s.find_last_not_of(" \t");
+    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+  };
+  const auto colon = spec.find(':');
+  std::string name = trim(spec.substr(0, colon));
+  if (name.empty()) throw InvalidArgument(fmt::format("algorithm spec '{}' has no name", spec));
+  AlgorithmOptions options;
+  if (colon != std::string::npos) {
+    std::string rest = spec.substr(colon + 1);
+    std::size_t start = 0;
+    while (start <= rest.size()) {
+      const auto comma = rest.find(',', start);
+      std::string item = trim(rest.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+      if (!item.empty()) {
+        const auto eq = item.find('=');
+        if (eq == std::string::npos) {
+          throw InvalidArgument(fmt::format("algorithm option '{}' in '{}' is not of the form key=value", item, spec));
+        }
+        std::string key = trim(item.substr(0, eq));
+        if (!options.emplace(key, trim(item.substr(eq + 1))).second) {
+          throw InvalidArgument(fmt::format("algorithm option '{}' is given twice in '{}'", key, spec));
+        }
+      }
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
+  return {name, options};
+}
+
+bool option_bool(const AlgorithmOptions& options, const std::string& key, bool fallback) {
+  auto it = options.find(key);
+  if (it == options.end()) return fallback;
+  std::string v = it->second;
+  std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
+  if (v == "0" || v == "false" || v == "no" || v == "off") return false;
+  throw InvalidArgument(fmt::format("option {}='{}' is not a boolean; use true or false", key, it->second));
+}
+
+std::string option_choice(const AlgorithmOptions& options, const std::string& key,
+                          const std::vector<std::string>& choices, const std::string& fallback) {
+  auto it = options.find(key);
+  if (it == options.end()) return fallback;
+  if (std::find(choices.begin(), choices.end(), it->second) == choices.end()) {
+    throw InvalidArgument(
+        fmt::format("option {}='{}' is not valid; choose one of: {}", key, it->second, fmt::join(choices, ", ")));
+  }
+  return it->second;
+}
+
+}  // namespace bagua

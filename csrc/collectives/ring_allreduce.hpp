@@ -1,0 +1,25 @@
+// Bandwidth-optimal ring all-reduce over point-to-point messages:
+// a reduce-scatter followed by an all-gather, each moving (n-1)/n of the
+// buffer per rank. Segments are cut into pieces so that receiving piece k+1,
+// reducing piece k and forwarding piece k-1 happen at the same time.
+#pragma once
+
+#include <cstddef>
+
+#include "comm/communicator.hpp"
+#include "topology/ring.hpp"
+
+namespace bagua {
+
+struct RingOptions {
+  // Pipelining unit. Small pieces overlap better; each costs one message.
+  std::size_t chunk_bytes = 512 * 1024;
+};
+
+// In-place all-reduce of `count` elements among the ranks of `ring` (the
+// caller must be one of them). Blocks until done; every wait uses the
+// communicator's timeout. fp16/bf16 are reduced in fp32, pairwise.
+void ring_allreduce(Communicator& comm, const Ring& ring, void* data, std::size_t count, DType dtype,
+                    ReduceOp op, Tag tag, const RingOptions& options = {});
+
+}  // namespace bagua

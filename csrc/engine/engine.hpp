@@ -1,0 +1,70 @@
+// The bucket engine: knows which tensors form which flat bucket, counts
+// ready tensors as autograd produces them, and hands each complete bucket to
+// the algorithm on the communication thread, in bucket order on every rank.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "algorithms/algorithm.hpp"
+#include "comm/communicator.hpp"
+#include "engine/comm_thread.hpp"
+#include "engine/watchdog.hpp"
+
+namespace bagua {
+
+struct BucketSpec {
+  void* data = nullptr;  // flat buffer, owned by the caller, outlives the engine's use
+  std::size_t count = 0;
+  DType dtype = DType::F32;
+  std::vector<std::size_t> tensors;  // indices of the tensors laid out in it
+};
+
+class Engine {
+ public:
+  Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout);
+
+  void set_buckets(std::vector<BucketSpec> buckets, std::size_t num_tensors);
+
+  // From autograd: tensor `index` has its gradient. Launches every bucket
+  // that is complete and whose predecessors have all been launched.
+  void mark_ready(std::size_t index);
+  // Tensors not marked ready in the current iteration: the caller names
+  // them when backward ended without their gradients.
+  std::vector<std::size_t> unready_tensors() const;
+
+  // End of backward: waits for all launched operations (bounded by the
+  // timeout), then resets the per-iteration state.
+  void wait_all();
+
+  void forward_pre_hook();
+  void post_optimizer_step_hook();
+  std::uint64_t step() const { return step_; }
+  void set_step(std::uint64_t step) { step_ = step; }
+
+  Algorithm& algorithm() { return *algorithm_; }
+  Communicator& communicator() { return *comm_; }
+
+ private:
+  void launch(std::size_t bucket);  // with mu_ held
+
+  CommunicatorPtr comm_;
+  std::shared_ptr<Algorithm> algorithm_;
+  std::chrono::milliseconds timeout_;
+  std::shared_ptr<Watchdog> watchdog_;
+
+  mutable std::mutex mu_;
+  std::vector<BucketSpec> buckets_;
+  std::vector<int> bucket_of_;     // tensor -> bucket
+  std::vector<bool> ready_;        // tensor -> marked this iteration
+  std::vector<std::size_t> pending_;  // bucket -> tensors not yet ready
+  std::size_t next_launch_ = 0;
+  std::uint32_t op_seq_ = 0;
+  std::uint64_t step_ = 0;
+
+  // Last member: destroyed first, so no job outlives the state it uses.
+  std::unique_ptr<CommThread> thread_;
+};
+
+}  // namespace bagua

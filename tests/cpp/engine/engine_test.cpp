@@ -1,0 +1,107 @@
+#include "engine/engine.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <mutex>
+
+#include "algorithms/registry.hpp"
+#include "core/error.hpp"
+#include "support/run_ranks.hpp"
+
+namespace bagua {
+using namespace std::chrono_literals;
+
+namespace {
+
+// Records the order buckets reach the algorithm, and averages them.
+class RecordingAlgorithm final : public Algorithm {
+ public:
+  std::string spec() const override { return "recording"; }
+  void on_bucket_ready(const BucketView& b, StepContext& ctx) override {
+    {
+      std::lock_guard lock(mu);
+      order.push_back(b.index);
+    }
+    ctx.comm.allreduce(b.data, b.count, b.dtype, ReduceOp::Avg)->wait(ctx.comm.timeout());
+  }
+  std::mutex mu;
+  std::vector<int> order;
+};
+
+}  // namespace
+
+TEST(Engine, LaunchesBucketsInOrderWhateverTheReadyOrder) {
+  auto world = LoopbackWorld::create(2);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      auto algo = std::make_shared<RecordingAlgorithm>();
+      Engine engine(world->communicator(rank, 5s), algo, 5s);
+      std::vector<float> b0(3, float(rank)), b1(2, float(rank * 2));
+      engine.set_buckets({{b0.data(), 3, DType::F32, {0, 1}}, {b1.data(), 2, DType::F32, {2}}}, 3);
+      // Bucket 1 completes first; it must still run after bucket 0.
+      engine.mark_ready(2);
+      engine.mark_ready(rank == 0 ? 1 : 0);
+      engine.mark_ready(rank == 0 ? 0 : 1);
+      engine.wait_all();
+      EXPECT_EQ(algo->order, (std::vector<int>{0, 1}));
+      EXPECT_EQ(b0[0], 0.5f);
+      EXPECT_EQ(b1[1], 1.0f);
+      EXPECT_TRUE(engine.unready_tensors().size() == 3);  // reset for the next iteration
+    });
+  }
+  for (auto& t : threads) t.join();
+}
+
+TEST(Engine, DeadPeerBecomesTimeoutNamingRankOpAndBucket) {
+  auto world = LoopbackWorld::create(2);
+  world->kill(1);
+  auto algo = AlgorithmRegistry::instance().create("gradient_allreduce", WorldInfo{0, 2, {}});
+  Engine engine(world->communicator(0, 300ms), std::move(algo), 2s);
+  std::vector<float> b(64, 1.f);
+  engine.set_buckets({{b.data(), b.size(), DType::F32, {0}}}, 1);
+  engine.mark_ready(0);
+  try {
+    engine.wait_all();
+    FAIL() << "expected a timeout";
+  } catch (const TimeoutError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("rank 0"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("gradient_allreduce"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("bucket 0"), std::string::npos) << msg;
+  }
+}
+
+namespace {
+class StuckAlgorithm final : public Algorithm {
+ public:
+  std::string spec() const override { return "stuck"; }
+  void on_bucket_ready(const BucketView&, StepContext&) override { std::this_thread::sleep_for(1500ms); }
+};
+}  // namespace
+
+TEST(Engine, WatchdogFiresForAnOperationWithoutItsOwnTimeout) {
+  auto world = LoopbackWorld::create(1);
+  Engine engine(world->communicator(0, 1s), std::make_shared<StuckAlgorithm>(), 200ms);
+  float x = 0;
+  engine.set_buckets({{&x, 1, DType::F32, {0}}}, 1);
+  engine.mark_ready(0);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(engine.wait_all(), TimeoutError);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1200ms);
+}
+
+TEST(Engine, MisuseIsReported) {
+  auto world = LoopbackWorld::create(1);
+  Engine engine(world->communicator(0, 1s), std::make_shared<RecordingAlgorithm>(), 1s);
+  float x[2] = {0, 0};
+  engine.set_buckets({{x, 2, DType::F32, {0, 1}}}, 2);
+  EXPECT_THROW(engine.mark_ready(7), InvalidArgument);
+  engine.mark_ready(0);
+  EXPECT_THROW(engine.mark_ready(0), Error);
+  EXPECT_EQ(engine.unready_tensors(), (std::vector<std::size_t>{1}));
+  EXPECT_THROW(engine.wait_all(), Error);  // bucket never became ready
+}
+
+}  // namespace bagua
