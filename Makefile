@@ -1,0 +1,55 @@
+# make test  - set up everything on a fresh machine, build, run C++ and Python tests
+# make demo  - set up, build, train with torch DDP and bagua algorithms, print a table, write a plot
+# Every target is idempotent: what is already installed or built is checked, not redone.
+
+PYTHON      ?= python3
+PYEXE       := $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null)
+TORCH_VER   := 2.13.0
+APT_PKGS    := cmake ninja-build g++ libgtest-dev libfmt-dev iproute2
+PY_PKGS     := pytest numpy matplotlib tqdm
+BUILD_CORE  := build/core
+JOBS        ?= $(shell nproc)
+WORLD_SIZE  ?= 4
+OUT         ?= out
+
+.PHONY: all deps build cpp-test py-test test demo bench-quick clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@# Pinned: an unpinned torch would pull several GB of CUDA packages.
+	@$(PYTHON) -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VER)')" 2>/dev/null || \
+	  $(PYTHON) -m pip install -q torch==$(TORCH_VER)
+	@missing=""; for p in $(PY_PKGS); do $(PYTHON) -c "import $$p" 2>/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Python packages:$$missing"; $(PYTHON) -m pip install -q $$missing; fi
+
+# The extension is built by setup.py (CMake under the hood) in place; the
+# editable install makes `import bagua_ravnest` work from anywhere.
+build: deps
+	@(cd / && $(PYTHON) -c "import sys, importlib.util as u; s = u.find_spec('bagua_ravnest'); \
+	  sys.exit(s is None or s.submodule_search_locations[0] != '$(CURDIR)/bagua_ravnest')" 2>/dev/null) || \
+	  $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	@[ -f build/ext/build.ninja ] || cmake -S . -B build/ext -G Ninja -DBAGUA_BUILD_TESTS=OFF \
+	  -DPython3_EXECUTABLE=$(PYEXE) >/dev/null
+	@cmake --build build/ext -j $(JOBS)
+	@[ -f $(BUILD_CORE)/build.ninja ] || cmake -S . -B $(BUILD_CORE) -G Ninja -DBAGUA_BUILD_EXTENSION=OFF >/dev/null
+	@cmake --build $(BUILD_CORE) -j $(JOBS)
+
+cpp-test: build
+	$(BUILD_CORE)/bagua_cpp_tests --gtest_brief=1
+
+py-test: build
+	$(PYTHON) -m pytest tests/python -q -ra
+
+test: cpp-test py-test
+
+demo: build
+	$(PYTHON) benchmarks/demo.py --world-size $(WORLD_SIZE) --out $(OUT)
+
+clean:
+	rm -rf build bagua_ravnest/_C*.so *.egg-info

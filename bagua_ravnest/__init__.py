@@ -1,0 +1,26 @@
+"""bagua_ravnest: a communication backend for distributed PyTorch on slow and
+uneven networks.
+
+``import bagua_ravnest`` registers the "bagua" torch.distributed backend.
+"""
+
+from . import _C
+from ._C import BaguaError, CommTimeoutError, InvalidArgument, ProtocolError
+from .backend import BackendOptions, register as _register_backend
+
+_register_backend()
+
+from .algorithms import algorithm_names, describe_algorithm, resolve_algorithm  # noqa: E402
+from .ddp import DistributedDataParallel  # noqa: E402
+
+__all__ = [
+    "BackendOptions",
+    "BaguaError",
+    "CommTimeoutError",
+    "DistributedDataParallel",
+    "InvalidArgument",
+    "ProtocolError",
+    "algorithm_names",
+    "describe_algorithm",
+    "resolve_algorithm",
+]

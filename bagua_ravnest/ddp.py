@@ -1,0 +1,370 @@
+"""bagua_ravnest.DistributedDataParallel: a drop-in for torch's DDP whose
+communication is done by a bagua_ravnest algorithm.
+
+Gradients live in flat buckets (each parameter's ``.grad`` is a view into its
+bucket). Autograd hooks mark parameters ready; the C++ engine runs the
+algorithm on each complete bucket on its communication thread while backward
+continues, and the end of backward waits for all of them (with a timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import os
+import socket
+import zlib
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import _C
+from .algorithms import resolve_algorithm
+
+# DDP's first bucket is small so that communication starts early.
+_FIRST_BUCKET_MB = 1.0
+_SPEC_BYTES = 512  # room for an algorithm spec or an error message in the start-up check
+_DEFAULT_TIMEOUT_S = 300.0
+
+
+def _timeout_seconds(timeout) -> float:
+    if timeout is None:
+        return float(os.environ.get("BAGUA_TIMEOUT_S", _DEFAULT_TIMEOUT_S))
+    if isinstance(timeout, datetime.timedelta):
+        return timeout.total_seconds()
+    return float(timeout)
+
+
+def _communicator_for(process_group, timeout_s: float):
+    backend = process_group._get_backend(torch.device("cpu"))
+    if isinstance(backend, _C.ProcessGroupBagua):
+        return backend.communicator()
+    name = dist.get_backend(process_group)
+    if name == "gloo":
+        return _C.c10d_communicator(backend, timeout_s)
+    raise ValueError(
+        f"bagua_ravnest.DistributedDataParallel needs a process group of backend 'bagua' or 'gloo', "
+        f"got {name!r}; call dist.init_process_group('bagua') (after `import bagua_ravnest`)"
+    )
+
+
+def _all_gather_flat(out: torch.Tensor, mine: torch.Tensor, group) -> None:
+    # torch 2.13 renamed all_gather_into_tensor; older releases lack the new name.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, mine, group=group)
+
+
+def _host_keys(process_group) -> list[int]:
+    """One key per group rank; equal keys share a host. torchrun's
+    LOCAL_WORLD_SIZE defines hosts as blocks of global ranks; without it,
+    hostnames decide (gathered from every rank)."""
+    ranks = dist.get_process_group_ranks(process_group)
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    if local:
+        local_world = int(local)
+        if local_world <= 0:
+            raise ValueError(f"LOCAL_WORLD_SIZE must be positive, got {local}")
+        return [r // local_world for r in ranks]
+    mine = torch.tensor([zlib.crc32(socket.gethostname().encode())], dtype=torch.int64)
+    everyone = torch.empty(len(ranks), dtype=torch.int64)
+    _all_gather_flat(everyone, mine, process_group)
+    return everyone.tolist()
+
+
+def _encode(text: str, size: int) -> torch.Tensor:
+    raw = text.encode()[: size - 1]
+    out = torch.zeros(size, dtype=torch.uint8)
+    out[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    return out
+
+
+def _decode(t: torch.Tensor) -> str:
+    raw = bytes(t.tolist())
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+class DistributedDataParallel(nn.Module):
+    """Drop-in replacement for ``torch.nn.parallel.DistributedDataParallel``.
+
+    Args (as torch DDP unless noted):
+        module: the model; its parameters must be on the CPU.
+        device_ids, output_device, dim: accepted for compatibility; CPU only.
+        broadcast_buffers: broadcast buffers from rank 0 before each forward.
+        process_group: a group of backend "bagua" or "gloo"; default WORLD.
+        bucket_cap_mb: bucket size cap in MiB (the first bucket is 1 MiB).
+        find_unused_parameters: find parameters that get no gradient in a
+            forward's graph and treat them as ready (their gradient is zero).
+        gradient_as_bucket_view: always true here (grads are bucket views).
+        static_graph, check_reduction: accepted, no effect.
+        algorithm: the algorithm spec ("gradient_allreduce",
+            "gradient_allreduce:hierarchical=true", ...). Default:
+            $BAGUA_ALGORITHM, else "gradient_allreduce".
+        optimizer: the optimizer stepping these parameters; its steps drive
+            the algorithm's post-optimizer-step hook and step counter.
+        timeout: seconds (or timedelta) any communication may take before it
+            becomes an error. Default $BAGUA_TIMEOUT_S or 300.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        device_ids=None,
+        output_device=None,
+        dim: int = 0,
+        broadcast_buffers: bool = True,
+        process_group=None,
+        bucket_cap_mb: float | None = 25,
+        find_unused_parameters: bool = False,
+        check_reduction: bool = False,
+        gradient_as_bucket_view: bool = False,
+        static_graph: bool = False,
+        *,
+        algorithm: str | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        timeout=None,
+    ):
+        super().__init__()
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "torch.distributed is not initialized: call dist.init_process_group('bagua') "
+                "(or 'gloo') before wrapping the model"
+            )
+        self.module = module
+        self.device_ids = device_ids
+        self.output_device = output_device
+        self.dim = dim
+        self.broadcast_buffers = broadcast_buffers
+        self.find_unused_parameters = find_unused_parameters
+        self.gradient_as_bucket_view = True
+        self.static_graph = static_graph
+        self.process_group = process_group if process_group is not None else dist.group.WORLD
+        self.require_backward_grad_sync = True
+        self.bucket_cap_mb = 25 if bucket_cap_mb is None else bucket_cap_mb
+        self._timeout_s = _timeout_seconds(timeout)
+
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise RuntimeError(
+                "DistributedDataParallel is not needed for a module without parameters that require gradients"
+            )
+        for name, p in named:
+            if p.device.type != "cpu":
+                raise ValueError(
+                    f"parameter {name!r} is on {p.device}; bagua_ravnest.DistributedDataParallel runs CPU "
+                    f"modules in this version (use the 'bagua' backend with torch DDP for CUDA models)"
+                )
+        self._param_names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+
+        self._group_ranks = dist.get_process_group_ranks(self.process_group)
+        self._rank = dist.get_rank(self.process_group)
+        self._world = dist.get_world_size(self.process_group)
+        self._src = self._group_ranks[0]
+        self._host_keys = _host_keys(self.process_group)
+
+        spec = resolve_algorithm(algorithm)
+        self.algorithm = self._agree_on_configuration(spec)
+
+        self._sync_module_states()
+        self._build_buckets()
+        self._engine = _C.Engine(
+            _communicator_for(self.process_group, self._timeout_s), self.algorithm, self._host_keys, self._timeout_s
+        )
+        self._engine.set_buckets([(b, idx) for b, idx in zip(self._buckets, self._bucket_members)], len(self._params))
+        self._hooks = [
+            p.register_post_accumulate_grad_hook(self._make_grad_hook(i)) for i, p in enumerate(self._params)
+        ]
+        self._optimizer_hook = optimizer.register_step_post_hook(self._on_optimizer_step) if optimizer else None
+        self._has_optimizer = optimizer is not None
+        self._sync_this_iteration = False
+        self._callback_queued = False
+        self._unused: list[int] = []
+
+    # ----- start-up ---------------------------------------------------------
+
+    def _agree_on_configuration(self, spec: str) -> str:
+        """Every rank must run the same algorithm on the same parameters. A
+        local error (e.g. a bad option on one rank) still takes part in the
+        exchange, so every rank fails with the same clear message instead of
+        some ranks waiting forever."""
+        try:
+            canonical = _C.canonical_spec(spec, self._rank, self._world, self._host_keys)
+            local_error = ""
+        except RuntimeError as e:
+            canonical, local_error = "", str(e)
+        shapes = ";".join(f"{tuple(p.shape)}:{p.dtype}" for p in self._params)
+        digest = hashlib.sha256(shapes.encode()).digest()
+        record = torch.cat(
+            [
+                _encode(("error:" + local_error) if local_error else canonical, _SPEC_BYTES),
+                torch.frombuffer(bytearray(digest), dtype=torch.uint8),
+            ]
+        )
+        everyone = torch.empty(self._world * record.numel(), dtype=torch.uint8)
+        _all_gather_flat(everyone, record, self.process_group)
+        rows = everyone.view(self._world, -1)
+        specs = [_decode(r[:_SPEC_BYTES]) for r in rows]
+        digests = [bytes(r[_SPEC_BYTES:].tolist()) for r in rows]
+        errors = [(r, s[len("error:") :]) for r, s in enumerate(specs) if s.startswith("error:")]
+        if errors:
+            rank, message = errors[0]
+            raise ValueError(f"algorithm {spec!r} is not valid on rank {rank}: {message}")
+        if len(set(specs)) != 1:
+            listing = ", ".join(f"rank {r}: {s}" for r, s in enumerate(specs))
+            raise ValueError(
+                f"ranks disagree on the algorithm ({listing}); pass the same algorithm= (or BAGUA_ALGORITHM) "
+                f"on every rank"
+            )
+        if len(set(digests)) != 1:
+            odd = [r for r, d in enumerate(digests) if d != digests[0]]
+            raise ValueError(
+                f"ranks {odd} have parameters of different shapes or dtypes than rank 0; every rank must wrap "
+                f"the same model"
+            )
+        return canonical
+
+    @torch.no_grad()
+    def _broadcast_flat(self, tensors: list[torch.Tensor]) -> None:
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.broadcast(flat, src=self._src, group=self.process_group)
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    def _sync_module_states(self) -> None:
+        states = [p.data for p in self.module.parameters()] + [b for b in self.module.buffers()]
+        if self._world > 1 and states:
+            self._broadcast_flat(states)
+
+    def _build_buckets(self) -> None:
+        plan = _C.plan_buckets([p.detach() for p in self._params], self.bucket_cap_mb, _FIRST_BUCKET_MB)
+        self._buckets: list[torch.Tensor] = []
+        self._bucket_members: list[list[int]] = []
+        self._views: list[torch.Tensor | None] = [None] * len(self._params)
+        for members in plan:
+            numel = sum(self._params[i].numel() for i in members)
+            flat = torch.zeros(numel, dtype=self._params[members[0]].dtype)
+            offset = 0
+            for i in members:
+                p = self._params[i]
+                view = flat[offset : offset + p.numel()].view_as(p)
+                if p.grad is not None:
+                    view.copy_(p.grad)
+                p.grad = view
+                self._views[i] = view
+                offset += p.numel()
+            self._buckets.append(flat)
+            self._bucket_members.append(list(members))
+
+    # ----- per iteration ----------------------------------------------------
+
+    def _attach_grad_views(self) -> None:
+        """zero_grad(set_to_none=True) drops .grad; point it back at the
+        bucket (zeroed: the next backward starts from nothing)."""
+        for p, view in zip(self._params, self._views):
+            if p.grad is None:
+                view.zero_()
+                p.grad = view
+            elif p.grad.data_ptr() != view.data_ptr():
+                view.copy_(p.grad)
+                p.grad = view
+
+    def forward(self, *inputs, **kwargs):
+        sync = torch.is_grad_enabled() and self.require_backward_grad_sync
+        self._sync_this_iteration = sync
+        self._callback_queued = False
+        if sync:
+            self._attach_grad_views()
+            self._engine.forward_pre_hook()
+        if self.broadcast_buffers and self._world > 1:
+            buffers = list(self.module.buffers())
+            if buffers:
+                self._broadcast_flat(buffers)
+        output = self.module(*inputs, **kwargs)
+        self._unused = self._find_unused(output) if (sync and self.find_unused_parameters) else []
+        return output
+
+    def _find_unused(self, output) -> list[int]:
+        """Parameters not reachable from the output's autograd graph."""
+        roots = [t.grad_fn for t in _tensors_in(output) if t.grad_fn is not None]
+        seen, stack, used = set(), list(roots), set()
+        while stack:
+            fn = stack.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            variable = getattr(fn, "variable", None)
+            if variable is not None:
+                used.add(id(variable))
+            stack.extend(next_fn for next_fn, _ in fn.next_functions)
+        return [i for i, p in enumerate(self._params) if id(p) not in used]
+
+    def _make_grad_hook(self, index: int):
+        def hook(param: torch.Tensor) -> None:
+            if not self._sync_this_iteration:
+                return
+            view = self._views[index]
+            if param.grad is not None and param.grad.data_ptr() != view.data_ptr():
+                view.copy_(param.grad)
+                param.grad = view
+            if not self._callback_queued:
+                self._callback_queued = True
+                torch.autograd.Variable._execution_engine.queue_callback(self._finalize_backward)
+                for i in self._unused:
+                    self._views[i].zero_()
+                    self._engine.mark_ready(i)
+            self._engine.mark_ready(index)
+
+        return hook
+
+    def _finalize_backward(self) -> None:
+        missing = self._engine.unready_tensors()
+        if missing:
+            names = ", ".join(self._param_names[i] for i in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise RuntimeError(
+                f"these parameters got no gradient in this iteration: {names}{more}. Pass "
+                f"find_unused_parameters=True to DistributedDataParallel if parts of the model are unused, "
+                f"or make sure every parameter takes part in the loss"
+            )
+        self._engine.wait_all()
+        self._sync_this_iteration = False
+        if not self._has_optimizer:
+            self._engine.post_optimizer_step_hook()
+
+    def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        self._engine.post_optimizer_step_hook()
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Gradients accumulate locally inside this context; the first
+        backward after it communicates the accumulated sum."""
+        previous = self.require_backward_grad_sync
+        self.require_backward_grad_sync = False
+        try:
+            yield
+        finally:
+            self.require_backward_grad_sync = previous
+
+    @property
+    def step(self) -> int:
+        """Completed optimizer steps (or synchronized backward passes)."""
+        return self._engine.step
+
+
+def _tensors_in(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            yield from _tensors_in(x)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _tensors_in(x)

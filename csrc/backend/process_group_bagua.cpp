@@ -1,0 +1,225 @@
+#include "backend/process_group_bagua.hpp"
+
+#include <fmt/format.h>
+
+#include "backend/scalar_type.hpp"
+#include "core/error.hpp"
+
+namespace bagua {
+namespace {
+// The backend's ring messages use their own tag range (the DDP engine uses
+// 1 << 24 and up), so they never match a user's send/recv or an engine op.
+constexpr Tag kBackendTagBase = 2u << 24;
+constexpr Tag kBackendTagSpan = 1u << 24;
+
+std::optional<ReduceOp> to_bagua_op(const c10d::ReduceOp& op) {
+  switch (op.op_) {
+    case c10d::ReduceOp::SUM: return ReduceOp::Sum;
+    case c10d::ReduceOp::AVG: return ReduceOp::Avg;
+    case c10d::ReduceOp::MIN: return ReduceOp::Min;
+    case c10d::ReduceOp::MAX: return ReduceOp::Max;
+    case c10d::ReduceOp::PRODUCT: return ReduceOp::Product;
+    default: return std::nullopt;  // bitwise ops, premul_sum: the inner backend decides
+  }
+}
+}  // namespace
+
+ProcessGroupBagua::ProcessGroupBagua(int rank, int size, c10::intrusive_ptr<c10d::Backend> cpu_inner,
+                                     c10::intrusive_ptr<c10d::Backend> cuda_inner, BackendOptions options)
+    : c10d::Backend(rank, size),
+      cpu_inner_(std::move(cpu_inner)),
+      cuda_inner_(std::move(cuda_inner)),
+      options_(options),
+      thread_(std::make_unique<CommThread>()) {
+  if (!cpu_inner_) throw InvalidArgument("ProcessGroupBagua needs an inner CPU backend (Gloo)");
+  if (cpu_inner_->getRank() != rank || cpu_inner_->getSize() != size) {
+    throw InvalidArgument(fmt::format("inner backend is rank {} of {}, expected rank {} of {}", cpu_inner_->getRank(),
+                                      cpu_inner_->getSize(), rank, size));
+  }
+  cpu_comm_ = std::make_shared<C10dCommunicator>(cpu_inner_, c10::Device(c10::kCPU), options_.timeout);
+}
+
+ProcessGroupBagua::~ProcessGroupBagua() {
+  // Stop our thread before the inner backends it uses go away.
+  thread_.reset();
+}
+
+c10::intrusive_ptr<c10d::Backend> ProcessGroupBagua::inner(c10::DeviceType device) const {
+  return device == c10::kCUDA ? cuda_inner_ : cpu_inner_;
+}
+
+c10d::Backend& ProcessGroupBagua::route(const at::Tensor& t) const {
+  if (t.device().is_cuda()) {
+    if (!cuda_inner_) {
+      throw InvalidArgument(
+          "bagua backend got a CUDA tensor but has no CUDA inner backend: this build or process has no "
+          "NCCL/CUDA; move the tensor to the CPU or install a CUDA build of torch and bagua_ravnest");
+    }
+    return *cuda_inner_;
+  }
+  if (!t.device().is_cpu()) {
+    throw InvalidArgument(fmt::format("bagua backend supports cpu and cuda tensors, got {}", t.device().str()));
+  }
+  return *cpu_inner_;
+}
+
+c10d::Backend& ProcessGroupBagua::route(const std::vector<at::Tensor>& tensors) const {
+  if (tensors.empty()) return *cpu_inner_;
+  return route(tensors.front());
+}
+
+bool ProcessGroupBagua::ring_eligible(const std::vector<at::Tensor>& tensors,
+                                      const c10d::AllreduceOptions& opts) const {
+  if (!options_.ring_allreduce || tensors.size() != 1) return false;
+  const at::Tensor& t = tensors.front();
+  return t.device().is_cpu() && t.layout() == at::kStrided && t.is_contiguous() &&
+         to_dtype(t.scalar_type()).has_value() && to_bagua_op(opts.reduceOp).has_value() && getSize() > 1;
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allreduce(std::vector<at::Tensor>& tensors,
+                                                            const c10d::AllreduceOptions& opts) {
+  if (!ring_eligible(tensors, opts)) return route(tensors).allreduce(tensors, opts);
+  auto work = c10::make_intrusive<RingWork>(getRank(), tensors);
+  const at::Tensor t = tensors.front();
+  const DType dtype = *to_dtype(t.scalar_type());
+  const ReduceOp op = *to_bagua_op(opts.reduceOp);
+  const Tag tag = kBackendTagBase + (ring_seq_++ % kBackendTagSpan);
+  {
+    std::lock_guard lock(mu_);
+    last_ring_work_ = work;
+  }
+  thread_->submit([comm = cpu_comm_, work, t, dtype, op, tag, ring_opts = options_.ring] {
+    std::exception_ptr error;
+    try {
+      ring_allreduce(*comm, Ring::natural(comm->size()), t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype,
+                     op, tag, ring_opts);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    work->complete(error);
+  });
+  return work;
+}
+
+void ProcessGroupBagua::drain_ring_work() {
+  c10::intrusive_ptr<RingWork> last;
+  {
+    std::lock_guard lock(mu_);
+    last = last_ring_work_;
+  }
+  // The thread runs jobs in order, so the last one finishing means all have.
+  if (last) last->wait(options_.timeout);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allreduce_sparse(std::vector<at::Tensor>& tensors,
+                                                                   const c10d::AllreduceOptions& opts) {
+  return route(tensors).allreduce_sparse(tensors, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allreduce_coalesced(std::vector<at::Tensor>& tensors,
+                                                                      const c10d::AllreduceCoalescedOptions& opts) {
+  return route(tensors).allreduce_coalesced(tensors, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::broadcast(std::vector<at::Tensor>& tensors,
+                                                            const c10d::BroadcastOptions& opts) {
+  return route(tensors).broadcast(tensors, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::reduce(std::vector<at::Tensor>& tensors,
+                                                         const c10d::ReduceOptions& opts) {
+  return route(tensors).reduce(tensors, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allgather(std::vector<std::vector<at::Tensor>>& outputs,
+                                                            std::vector<at::Tensor>& inputs,
+                                                            const c10d::AllgatherOptions& opts) {
+  return route(inputs).allgather(outputs, inputs, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::_allgather_base(at::Tensor& output, at::Tensor& input,
+                                                                  const c10d::AllgatherOptions& opts) {
+  return route(input)._allgather_base(output, input, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allgather_coalesced(std::vector<std::vector<at::Tensor>>& outputs,
+                                                                      std::vector<at::Tensor>& inputs,
+                                                                      const c10d::AllgatherOptions& opts) {
+  return route(inputs).allgather_coalesced(outputs, inputs, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allgather_into_tensor_coalesced(std::vector<at::Tensor>& outputs,
+                                                                                  std::vector<at::Tensor>& inputs,
+                                                                                  const c10d::AllgatherOptions& opts) {
+  return route(inputs).allgather_into_tensor_coalesced(outputs, inputs, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::gather(std::vector<std::vector<at::Tensor>>& outputs,
+                                                         std::vector<at::Tensor>& inputs,
+                                                         const c10d::GatherOptions& opts) {
+  return route(inputs).gather(outputs, inputs, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::scatter(std::vector<at::Tensor>& outputs,
+                                                          std::vector<std::vector<at::Tensor>>& inputs,
+                                                          const c10d::ScatterOptions& opts) {
+  return route(outputs).scatter(outputs, inputs, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::reduce_scatter(std::vector<at::Tensor>& outputs,
+                                                                 std::vector<std::vector<at::Tensor>>& inputs,
+                                                                 const c10d::ReduceScatterOptions& opts) {
+  return route(outputs).reduce_scatter(outputs, inputs, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::_reduce_scatter_base(at::Tensor& output, at::Tensor& input,
+                                                                       const c10d::ReduceScatterOptions& opts) {
+  return route(input)._reduce_scatter_base(output, input, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::reduce_scatter_tensor_coalesced(
+    std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::ReduceScatterOptions& opts) {
+  return route(inputs).reduce_scatter_tensor_coalesced(outputs, inputs, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::alltoall_base(at::Tensor& output, at::Tensor& input,
+                                                                std::vector<int64_t>& output_split_sizes,
+                                                                std::vector<int64_t>& input_split_sizes,
+                                                                const c10d::AllToAllOptions& opts) {
+  return route(input).alltoall_base(output, input, output_split_sizes, input_split_sizes, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::alltoall(std::vector<at::Tensor>& outputs,
+                                                           std::vector<at::Tensor>& inputs,
+                                                           const c10d::AllToAllOptions& opts) {
+  return route(inputs).alltoall(outputs, inputs, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::send(std::vector<at::Tensor>& tensors, int dst_rank, int tag) {
+  return route(tensors).send(tensors, dst_rank, tag);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::recv(std::vector<at::Tensor>& tensors, int src_rank, int tag) {
+  return route(tensors).recv(tensors, src_rank, tag);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::recvAnysource(std::vector<at::Tensor>& tensors, int tag) {
+  return route(tensors).recvAnysource(tensors, tag);
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::barrier(const c10d::BarrierOptions& opts) {
+  // A barrier orders everything issued before it, our ring work included.
+  drain_ring_work();
+  return cpu_inner_->barrier(opts);
+}
+
+void ProcessGroupBagua::setSequenceNumberForGroup() { cpu_inner_->setSequenceNumberForGroup(); }
+
+uint64_t ProcessGroupBagua::getSequenceNumberForGroup() { return cpu_inner_->getSequenceNumberForGroup(); }
+
+void ProcessGroupBagua::setTimeout(std::chrono::milliseconds timeout) {
+  cpu_inner_->setTimeout(timeout);
+  if (cuda_inner_) cuda_inner_->setTimeout(timeout);
+}
+
+}  // namespace bagua

@@ -1,0 +1,111 @@
+// ProcessGroupBagua: the "bagua" torch.distributed backend.
+//
+// All-reduce of dense CPU tensors runs our pipelined ring (or, when asked,
+// the inner backend's); every other collective is handed to the inner
+// backend of the tensors' device (Gloo for CPU, NCCL for CUDA), so any torch
+// code, stock DDP included, runs on it unchanged.
+#pragma once
+
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+
+#include <memory>
+#include <mutex>
+
+#include "backend/ring_work.hpp"
+#include "collectives/ring_allreduce.hpp"
+#include "comm/c10d_communicator.hpp"
+#include "engine/comm_thread.hpp"
+
+namespace bagua {
+
+struct BackendOptions {
+  bool ring_allreduce = true;  // false: the inner backend's all-reduce
+  RingOptions ring;
+  std::chrono::milliseconds timeout{std::chrono::minutes(30)};
+};
+
+class ProcessGroupBagua final : public c10d::Backend {
+ public:
+  // `cuda_inner` may be null (CPU-only build or no GPU).
+  ProcessGroupBagua(int rank, int size, c10::intrusive_ptr<c10d::Backend> cpu_inner,
+                    c10::intrusive_ptr<c10d::Backend> cuda_inner, BackendOptions options);
+  ~ProcessGroupBagua() override;
+
+  const std::string getBackendName() const override { return "bagua"; }
+  const BackendOptions& options() const { return options_; }
+  // The inner backend for a device type ("cpu" or "cuda").
+  c10::intrusive_ptr<c10d::Backend> inner(c10::DeviceType device) const;
+  // A communicator over the CPU inner backend, shared with the DDP engine.
+  std::shared_ptr<C10dCommunicator> cpu_communicator() const { return cpu_comm_; }
+
+  c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& tensors,
+                                           const c10d::AllreduceOptions& opts = c10d::AllreduceOptions()) override;
+  c10::intrusive_ptr<c10d::Work> allreduce_sparse(std::vector<at::Tensor>& tensors,
+                                                  const c10d::AllreduceOptions& opts = c10d::AllreduceOptions()) override;
+  c10::intrusive_ptr<c10d::Work> allreduce_coalesced(
+      std::vector<at::Tensor>& tensors,
+      const c10d::AllreduceCoalescedOptions& opts = c10d::AllreduceCoalescedOptions()) override;
+  c10::intrusive_ptr<c10d::Work> broadcast(std::vector<at::Tensor>& tensors,
+                                           const c10d::BroadcastOptions& opts = c10d::BroadcastOptions()) override;
+  c10::intrusive_ptr<c10d::Work> reduce(std::vector<at::Tensor>& tensors,
+                                        const c10d::ReduceOptions& opts = c10d::ReduceOptions()) override;
+  c10::intrusive_ptr<c10d::Work> allgather(std::vector<std::vector<at::Tensor>>& outputs,
+                                           std::vector<at::Tensor>& inputs,
+                                           const c10d::AllgatherOptions& opts = c10d::AllgatherOptions()) override;
+  c10::intrusive_ptr<c10d::Work> _allgather_base(at::Tensor& output, at::Tensor& input,
+                                                 const c10d::AllgatherOptions& opts = c10d::AllgatherOptions()) override;
+  c10::intrusive_ptr<c10d::Work> allgather_coalesced(
+      std::vector<std::vector<at::Tensor>>& outputs, std::vector<at::Tensor>& inputs,
+      const c10d::AllgatherOptions& opts = c10d::AllgatherOptions()) override;
+  c10::intrusive_ptr<c10d::Work> allgather_into_tensor_coalesced(
+      std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs,
+      const c10d::AllgatherOptions& opts = c10d::AllgatherOptions()) override;
+  c10::intrusive_ptr<c10d::Work> gather(std::vector<std::vector<at::Tensor>>& outputs,
+                                        std::vector<at::Tensor>& inputs,
+                                        const c10d::GatherOptions& opts = c10d::GatherOptions()) override;
+  c10::intrusive_ptr<c10d::Work> scatter(std::vector<at::Tensor>& outputs,
+                                         std::vector<std::vector<at::Tensor>>& inputs,
+                                         const c10d::ScatterOptions& opts = c10d::ScatterOptions()) override;
+  c10::intrusive_ptr<c10d::Work> reduce_scatter(
+      std::vector<at::Tensor>& outputs, std::vector<std::vector<at::Tensor>>& inputs,
+      const c10d::ReduceScatterOptions& opts = c10d::ReduceScatterOptions()) override;
+  c10::intrusive_ptr<c10d::Work> _reduce_scatter_base(
+      at::Tensor& output, at::Tensor& input,
+      const c10d::ReduceScatterOptions& opts = c10d::ReduceScatterOptions()) override;
+  c10::intrusive_ptr<c10d::Work> reduce_scatter_tensor_coalesced(
+      std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs,
+      const c10d::ReduceScatterOptions& opts = c10d::ReduceScatterOptions()) override;
+  c10::intrusive_ptr<c10d::Work> alltoall_base(at::Tensor& output, at::Tensor& input,
+                                               std::vector<int64_t>& output_split_sizes,
+                                               std::vector<int64_t>& input_split_sizes,
+                                               const c10d::AllToAllOptions& opts = c10d::AllToAllOptions()) override;
+  c10::intrusive_ptr<c10d::Work> alltoall(std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs,
+                                          const c10d::AllToAllOptions& opts = c10d::AllToAllOptions()) override;
+  c10::intrusive_ptr<c10d::Work> send(std::vector<at::Tensor>& tensors, int dst_rank, int tag) override;
+  c10::intrusive_ptr<c10d::Work> recv(std::vector<at::Tensor>& tensors, int src_rank, int tag) override;
+  c10::intrusive_ptr<c10d::Work> recvAnysource(std::vector<at::Tensor>& tensors, int tag) override;
+  c10::intrusive_ptr<c10d::Work> barrier(const c10d::BarrierOptions& opts = c10d::BarrierOptions()) override;
+
+  void setSequenceNumberForGroup() override;
+  uint64_t getSequenceNumberForGroup() override;
+  void setTimeout(std::chrono::milliseconds timeout) override;
+
+ private:
+  // The inner backend for these tensors' device; a clear error when absent.
+  c10d::Backend& route(const std::vector<at::Tensor>& tensors) const;
+  c10d::Backend& route(const at::Tensor& tensor) const;
+  bool ring_eligible(const std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) const;
+  // Waits (bounded) until the ring all-reduces issued so far have finished.
+  void drain_ring_work();
+
+  c10::intrusive_ptr<c10d::Backend> cpu_inner_;
+  c10::intrusive_ptr<c10d::Backend> cuda_inner_;
+  BackendOptions options_;
+  std::shared_ptr<C10dCommunicator> cpu_comm_;
+  std::uint32_t ring_seq_ = 0;
+  std::mutex mu_;
+  c10::intrusive_ptr<RingWork> last_ring_work_;
+  std::unique_ptr<CommThread> thread_;  // last: stops before the rest is destroyed
+};
+
+}  // namespace bagua

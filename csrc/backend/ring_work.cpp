@@ -1,0 +1,19 @@
+#include "backend/ring_work.hpp"
+
+namespace bagua {
+
+RingWork::RingWork(int rank, std::vector<at::Tensor> tensors)
+    : c10d::Work(rank, c10d::OpType::ALLREDUCE, "bagua:ring_allreduce", tensors),
+      tensors_(std::move(tensors)),
+      future_(c10::make_intrusive<c10::ivalue::Future>(c10::ListType::create(c10::TensorType::get()))) {}
+
+void RingWork::complete(std::exception_ptr error) {
+  if (error) {
+    future_->setError(error);
+  } else {
+    future_->markCompleted(c10::IValue(tensors_));
+  }
+  finish(error);
+}
+
+}  // namespace bagua

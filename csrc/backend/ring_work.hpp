@@ -1,0 +1,26 @@
+// The Work handle of an all-reduce that our ring runs on the backend's
+// communication thread. Completion marks both the Work (wait/isCompleted) and
+// its Future (getFuture, which DDP comm hooks chain on).
+#pragma once
+
+#include <ATen/core/ivalue.h>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+
+namespace bagua {
+
+class RingWork final : public c10d::Work {
+ public:
+  RingWork(int rank, std::vector<at::Tensor> tensors);
+
+  // Called once by the communication thread.
+  void complete(std::exception_ptr error);
+
+  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override { return future_; }
+  std::vector<at::Tensor> result() override { return tensors_; }
+
+ private:
+  std::vector<at::Tensor> tensors_;
+  c10::intrusive_ptr<c10::ivalue::Future> future_;
+};
+
+}  // namespace bagua

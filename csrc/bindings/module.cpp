@@ -1,0 +1,146 @@
+// Python bindings: bagua_ravnest._C. The only translation unit that knows
+// pybind11; it maps project errors to Python exceptions (RuntimeError
+// subclasses with the same message).
+#include <fmt/format.h>
+#include <pybind11/chrono.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/utils/pybind.h>
+
+#include "algorithms/registry.hpp"
+#include "backend/process_group_bagua.hpp"
+#include "backend/scalar_type.hpp"
+#include "comm/c10d_communicator.hpp"
+#include "core/error.hpp"
+#include "engine/bucket_plan.hpp"
+#include "engine/engine.hpp"
+
+namespace py = pybind11;
+using namespace bagua;
+
+namespace {
+
+DType dtype_of(const at::Tensor& t) {
+  auto d = to_dtype(t.scalar_type());
+  if (!d) throw InvalidArgument(fmt::format("dtype {} is not supported for buckets", c10::toString(t.scalar_type())));
+  return *d;
+}
+
+std::chrono::milliseconds to_ms(double seconds) {
+  if (!(seconds > 0)) throw InvalidArgument(fmt::format("timeout must be positive, got {} s", seconds));
+  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "bagua_ravnest native extension";
+  // Registers torch's c10d classes (Backend, Work) that ours derive from.
+  py::module_::import("torch.distributed");
+
+  auto base_error = py::register_exception<Error>(m, "BaguaError", PyExc_RuntimeError);
+  py::register_exception<InvalidArgument>(m, "InvalidArgument", base_error.ptr());
+  py::register_exception<ProtocolError>(m, "ProtocolError", base_error.ptr());
+  py::register_exception<TimeoutError>(m, "CommTimeoutError", base_error.ptr());
+
+  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly("timeout_s", [](const Communicator& c) { return c.timeout().count() / 1000.0; });
+
+  m.def(
+      "c10d_communicator",
+      [](const c10::intrusive_ptr<c10d::Backend>& backend, double timeout_s) -> std::shared_ptr<Communicator> {
+        return std::make_shared<C10dCommunicator>(backend, c10::Device(c10::kCPU), to_ms(timeout_s));
+      },
+      py::arg("backend"), py::arg("timeout_s"),
+      "A communicator over a torch backend (e.g. the Gloo backend of a process group), for CPU buffers.");
+
+  py::class_<ProcessGroupBagua, c10d::Backend, c10::intrusive_ptr<ProcessGroupBagua>>(m, "ProcessGroupBagua")
+      .def(py::init([](int rank, int size, const c10::intrusive_ptr<c10d::Backend>& cpu_inner,
+                       const c10::intrusive_ptr<c10d::Backend>& cuda_inner, bool ring_allreduce,
+                       std::size_t ring_chunk_bytes, double timeout_s) {
+             BackendOptions opts;
+             opts.ring_allreduce = ring_allreduce;
+             if (ring_chunk_bytes == 0) throw InvalidArgument("ring_chunk_bytes must be positive");
+             opts.ring.chunk_bytes = ring_chunk_bytes;
+             opts.timeout = to_ms(timeout_s);
+             return c10::make_intrusive<ProcessGroupBagua>(rank, size, cpu_inner, cuda_inner, opts);
+           }),
+           py::arg("rank"), py::arg("size"), py::arg("cpu_inner"), py::arg("cuda_inner"), py::arg("ring_allreduce"),
+           py::arg("ring_chunk_bytes"), py::arg("timeout_s"))
+      .def_property_readonly("ring_allreduce", [](const ProcessGroupBagua& pg) { return pg.options().ring_allreduce; })
+      .def("inner_cpu", [](const ProcessGroupBagua& pg) { return pg.inner(c10::kCPU); })
+      .def("communicator", [](const ProcessGroupBagua& pg) -> std::shared_ptr<Communicator> {
+        return pg.cpu_communicator();
+      });
+
+  m.def("algorithm_names", [] { return AlgorithmRegistry::instance().names(); });
+  m.def("algorithm_info", [](const std::string& name) {
+    const auto& e = AlgorithmRegistry::instance().entry(name);
+    return py::make_tuple(e.summary, e.options);
+  });
+  m.def(
+      "canonical_spec",
+      [](const std::string& spec, int rank, int size, std::vector<long long> host_keys) {
+        return AlgorithmRegistry::instance().create(spec, WorldInfo{rank, size, std::move(host_keys)})->spec();
+      },
+      py::arg("spec"), py::arg("rank"), py::arg("size"), py::arg("host_keys"),
+      "Builds the algorithm to validate `spec`; returns its canonical form.");
+
+  m.def(
+      "plan_buckets",
+      [](const std::vector<at::Tensor>& tensors, double cap_mb, double first_cap_mb) {
+        std::vector<TensorInfo> infos;
+        for (const auto& t : tensors) infos.push_back({static_cast<std::size_t>(t.numel()), dtype_of(t)});
+        if (!(cap_mb > 0) || !(first_cap_mb > 0)) throw InvalidArgument("bucket_cap_mb must be positive");
+        return plan_buckets(infos, {static_cast<std::size_t>(cap_mb * (1 << 20)),
+                                    static_cast<std::size_t>(first_cap_mb * (1 << 20))});
+      },
+      py::arg("tensors"), py::arg("cap_mb"), py::arg("first_cap_mb"));
+
+  py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
+      .def(py::init([](std::shared_ptr<Communicator> comm, const std::string& spec, std::vector<long long> host_keys,
+                       double timeout_s) {
+             auto algo = AlgorithmRegistry::instance().create(
+                 spec, WorldInfo{comm->rank(), comm->size(), std::move(host_keys)});
+             return std::make_shared<Engine>(std::move(comm), std::shared_ptr<Algorithm>(std::move(algo)),
+                                             to_ms(timeout_s));
+           }),
+           py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"))
+      .def_property_readonly("spec", [](Engine& e) { return e.algorithm().spec(); })
+      .def_property("step", &Engine::step, &Engine::set_step)
+      .def(
+          "set_buckets",
+          [](Engine& e, const std::vector<std::pair<at::Tensor, std::vector<std::size_t>>>& buckets,
+             std::size_t num_tensors) {
+            std::vector<BucketSpec> specs;
+            for (const auto& [t, members] : buckets) {
+              if (!t.is_contiguous() || !t.device().is_cpu()) {
+                throw InvalidArgument("bucket buffers must be contiguous CPU tensors");
+              }
+              specs.push_back({t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype_of(t), members});
+            }
+            e.set_buckets(std::move(specs), num_tensors);
+          },
+          py::arg("buckets"), py::arg("num_tensors"))
+      .def("mark_ready", &Engine::mark_ready, py::arg("index"))
+      .def("unready_tensors", &Engine::unready_tensors)
+      .def("wait_all", &Engine::wait_all, py::call_guard<py::gil_scoped_release>())
+      .def("forward_pre_hook", &Engine::forward_pre_hook)
+      .def("post_optimizer_step_hook", &Engine::post_optimizer_step_hook)
+      .def("state_dict",
+           [](Engine& e) {
+             py::dict out;
+             for (const auto& [k, v] : e.algorithm().state_dict()) {
+               out[py::str(k)] = py::bytes(reinterpret_cast<const char*>(v.data()), v.size());
+             }
+             return out;
+           })
+      .def("load_state_dict", [](Engine& e, const std::map<std::string, std::string>& state) {
+        AlgorithmState s;
+        for (const auto& [k, v] : state) s[k] = std::vector<std::uint8_t>(v.begin(), v.end());
+        e.algorithm().load_state_dict(s);
+      });
+}
