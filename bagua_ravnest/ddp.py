@@ -93,7 +93,8 @@ class DistributedDataParallel(nn.Module):
         device_ids, output_device, dim: accepted for compatibility; CPU only.
         broadcast_buffers: broadcast buffers from rank 0 before each forward.
         process_group: a group of backend "bagua" or "gloo"; default WORLD.
-        bucket_cap_mb: bucket size cap in MiB (the first bucket is 1 MiB).
+        bucket_cap_mb: bucket size cap in MiB (the first bucket closes at
+            min(1 MiB, bucket_cap_mb) so communication starts early).
         find_unused_parameters: find parameters that get no gradient in a
             forward's graph and treat them as ready (their gradient is zero).
         gradient_as_bucket_view: always true here (grads are bucket views).
@@ -244,7 +245,8 @@ class DistributedDataParallel(nn.Module):
             self._broadcast_flat(states)
 
     def _build_buckets(self) -> None:
-        plan = _C.plan_buckets([p.detach() for p in self._params], self.bucket_cap_mb, _FIRST_BUCKET_MB)
+        first = min(_FIRST_BUCKET_MB, self.bucket_cap_mb)
+        plan = _C.plan_buckets([p.detach() for p in self._params], self.bucket_cap_mb, first)
         self._buckets: list[torch.Tensor] = []
         self._bucket_members: list[list[int]] = []
         self._views: list[torch.Tensor | None] = [None] * len(self._params)

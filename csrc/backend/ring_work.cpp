@@ -8,12 +8,14 @@ RingWork::RingWork(int rank, std::vector<at::Tensor> tensors)
       future_(c10::make_intrusive<c10::ivalue::Future>(c10::ListType::create(c10::TensorType::get()))) {}
 
 void RingWork::complete(std::exception_ptr error) {
+  // Work first: callbacks chained on the future run inside markCompleted,
+  // and code they release may already ask the Work whether it is done.
+  finish(error);
   if (error) {
     future_->setError(error);
   } else {
     future_->markCompleted(c10::IValue(tensors_));
   }
-  finish(error);
 }
 
 }  // namespace bagua

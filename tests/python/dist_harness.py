@@ -1,0 +1,89 @@
+"""Runs a function on N processes joined by torch.distributed, and reports
+each rank's result or failure to the test. Nothing can hang: the parent kills
+every worker still alive after the deadline and fails the test."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import tempfile
+import traceback
+from dataclasses import dataclass
+
+
+@dataclass
+class RankResult:
+    rank: int
+    ok: bool
+    value: object = None
+    error_type: str = ""
+    error: str = ""
+    exitcode: int | None = None
+
+
+def _worker(fn, rank, world, backend, store_path, env, args, queue):
+    os.environ.update(env)
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world)})
+    try:
+        import torch
+        import torch.distributed as dist
+
+        import bagua_ravnest  # noqa: F401  registers the backend
+
+        torch.set_num_threads(1)
+        dist.init_process_group(backend, init_method=f"file://{store_path}", rank=rank, world_size=world)
+        try:
+            value = fn(rank, world, *args)
+        finally:
+            if os.environ.get("HARNESS_SKIP_DESTROY") != "1":
+                dist.destroy_process_group()
+        queue.put(RankResult(rank, True, value))
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the test
+        queue.put(RankResult(rank, False, error_type=type(e).__name__, error=f"{e}\n{traceback.format_exc()}"))
+
+
+def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = None, timeout: float = 120.0):
+    """fn(rank, world, *args) on `world` processes; returns RankResults by rank."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "store")
+        procs = [
+            ctx.Process(target=_worker, args=(fn, r, world, backend, store, env or {}, args, queue), daemon=True)
+            for r in range(world)
+        ]
+        for p in procs:
+            p.start()
+        results: dict[int, RankResult] = {}
+        import queue as queue_mod
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(results) < world and time.monotonic() < deadline:
+            try:
+                res = queue.get(timeout=0.2)
+                results[res.rank] = res
+            except queue_mod.Empty:
+                if all(not p.is_alive() for p in procs) and queue.empty():
+                    break
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()) if len(results) == world else 1.0)
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        if hung and len(results) < world:
+            raise AssertionError(f"ranks {hung} did not finish within {timeout} s (hang)")
+        for r, p in enumerate(procs):
+            if r not in results:
+                results[r] = RankResult(r, False, error_type="died", error=f"exit code {p.exitcode}", exitcode=p.exitcode)
+        return [results[r] for r in range(world)]
+
+
+def values(results):
+    """The per-rank return values; fails the test with every rank's error."""
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise AssertionError("\n\n".join(f"rank {r.rank}: {r.error_type}: {r.error}" for r in failed))
+    return [r.value for r in results]
