@@ -28,7 +28,7 @@ class BackendOptions:
     allreduce: "ring" (our pipelined ring, the default) or "inner" (the inner
         Gloo/NCCL backend's own). Default from ``BAGUA_ALLREDUCE``.
     ring_chunk_bytes: pipelining unit of the ring. Default from
-        ``BAGUA_RING_CHUNK_BYTES`` or 512 KiB.
+        ``BAGUA_RING_CHUNK_BYTES`` or 2 MiB.
     """
 
     allreduce: str | None = None
@@ -41,7 +41,7 @@ class BackendOptions:
                 f"bagua backend: allreduce={allreduce!r} is not valid; choose one of "
                 f"{', '.join(ALLREDUCE_CHOICES)} (BAGUA_ALLREDUCE or BackendOptions.allreduce)"
             )
-        chunk = self.ring_chunk_bytes or int(os.environ.get("BAGUA_RING_CHUNK_BYTES", 512 * 1024))
+        chunk = self.ring_chunk_bytes or int(os.environ.get("BAGUA_RING_CHUNK_BYTES", 2 << 20))
         if chunk <= 0:
             raise ValueError(f"bagua backend: ring_chunk_bytes must be positive, got {chunk}")
         return BackendOptions(allreduce, chunk)

@@ -70,12 +70,30 @@ void ring_allreduce(Communicator& comm, const Ring& ring, void* data, std::size_
     if (piece.count) rs_sends.push_back(comm.isend(at(piece), piece.count * plan.elem, right, tag));
   }
 
+  // All-gather receives land straight in the buffer, in segments this rank
+  // sends during the reduce-scatter, so they are posted once every
+  // reduce-scatter send is done: at the start of the last reduce-scatter
+  // step, early enough that a neighbour's first all-gather pieces find their
+  // receive posted (Gloo otherwise stages them in a temporary buffer).
+  auto post_gather_recvs = [&] {
+    wait_all(rs_sends, timeout);
+    std::vector<RequestPtr> out;
+    for (int step = 0; step < n - 1; ++step) {
+      for (const auto& piece : plan.pieces[allgather_step(p, n, step).recv_segment]) {
+        if (piece.count) out.push_back(comm.irecv(at(piece), piece.count * plan.elem, left, tag));
+      }
+    }
+    return out;
+  };
+
   // Reduce-scatter. A piece reduced at step s is exactly what step s + 1
   // sends, so it is forwarded as soon as it is reduced.
   std::vector<RequestPtr> recvs = post_reduce_recvs(0);
+  std::vector<RequestPtr> gather_recvs;
   for (int step = 0; step < n - 1; ++step) {
     std::vector<RequestPtr> next;
     if (step + 1 < n - 1) next = post_reduce_recvs(step + 1);
+    if (step == n - 2) gather_recvs = post_gather_recvs();
     const int seg = reduce_scatter_step(p, n, step).recv_segment;
     const std::uint8_t* buf = scratch + (step % 2) * half;
     const bool last = step == n - 2;
@@ -91,19 +109,11 @@ void ring_allreduce(Communicator& comm, const Ring& ring, void* data, std::size_
     recvs = std::move(next);
   }
 
-  // All-gather receives straight into the buffer, into segments this rank
-  // sent during the reduce-scatter; those sends must be finished first.
-  wait_all(rs_sends, timeout);
-  for (int step = 0; step < n - 1; ++step) {
-    for (const auto& piece : plan.pieces[allgather_step(p, n, step).recv_segment]) {
-      if (piece.count) recvs.push_back(comm.irecv(at(piece), piece.count * plan.elem, left, tag));
-    }
-  }
   std::size_t k = 0;
   for (int step = 0; step < n - 1; ++step) {
     for (const auto& piece : plan.pieces[allgather_step(p, n, step).recv_segment]) {
       if (piece.count == 0) continue;
-      recvs[k++]->wait(timeout);
+      gather_recvs[k++]->wait(timeout);
       if (step < n - 2) ag_sends.push_back(comm.isend(at(piece), piece.count * plan.elem, right, tag));
     }
   }

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from dist_harness import run_world, values
+from bagua_ravnest.launch import run_world, values
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.int8]
 SIZES = [0, 1, 7, 1003, (1 << 18) + 5]

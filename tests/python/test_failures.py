@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bagua_ravnest
-from dist_harness import run_world
+from bagua_ravnest.launch import run_world
 from models import batches, mlp
 
 

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as TorchDDP
 
 import bagua_ravnest
-from dist_harness import run_world, values
+from bagua_ravnest.launch import run_world, values
 from models import batches, flat_params, mlp, train
 
 

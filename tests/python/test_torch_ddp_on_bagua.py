@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as TorchDDP
 
-from dist_harness import run_world, values
+from bagua_ravnest.launch import run_world, values
 from models import mlp, train
 
 

@@ -1,12 +1,22 @@
-"""Runs a function on N processes joined by torch.distributed, and reports
-each rank's result or failure to the test. Nothing can hang: the parent kills
-every worker still alive after the deadline and fails the test."""
+"""Runs a function on N local processes joined by torch.distributed and
+returns each rank's result or failure. Used by the tests, the benchmarks and
+the demo. Nothing can hang: the parent kills every worker still alive after
+the deadline and reports the hang.
+
+    from bagua_ravnest.launch import run_world, values
+    results = values(run_world(train_fn, 4, backend="bagua"))
+
+`fn` must be importable by name (defined at module level): workers are
+spawned, not forked, so each starts with a clean torch.
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue as queue_mod
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -43,7 +53,11 @@ def _worker(fn, rank, world, backend, store_path, env, args, queue):
 
 
 def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = None, timeout: float = 120.0):
-    """fn(rank, world, *args) on `world` processes; returns RankResults by rank."""
+    """fn(rank, world, *args) on `world` processes; returns RankResults by rank.
+
+    Each worker gets RANK/WORLD_SIZE and `env` in its environment, and a
+    default process group of `backend` before fn runs. HARNESS_SKIP_DESTROY=1
+    in `env` skips destroy_process_group (for runs where a peer dies)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,9 +69,6 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
         for p in procs:
             p.start()
         results: dict[int, RankResult] = {}
-        import queue as queue_mod
-        import time
-
         deadline = time.monotonic() + timeout
         while len(results) < world and time.monotonic() < deadline:
             try:
@@ -74,7 +85,7 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
                 p.kill()
                 p.join()
         if hung and len(results) < world:
-            raise AssertionError(f"ranks {hung} did not finish within {timeout} s (hang)")
+            raise TimeoutError(f"ranks {hung} did not finish within {timeout} s (hang)")
         for r, p in enumerate(procs):
             if r not in results:
                 results[r] = RankResult(r, False, error_type="died", error=f"exit code {p.exitcode}", exitcode=p.exitcode)
@@ -82,8 +93,8 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
 
 
 def values(results):
-    """The per-rank return values; fails the test with every rank's error."""
+    """The per-rank return values; raises with every failed rank's error."""
     failed = [r for r in results if not r.ok]
     if failed:
-        raise AssertionError("\n\n".join(f"rank {r.rank}: {r.error_type}: {r.error}" for r in failed))
+        raise RuntimeError("\n\n".join(f"rank {r.rank}: {r.error_type}: {r.error}" for r in failed))
     return [r.value for r in results]

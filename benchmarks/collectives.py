@@ -1,0 +1,108 @@
+"""All-reduce bandwidth of our ring against Gloo's, in the same processes.
+
+    python benchmarks/collectives.py --world-size 4 --sizes 4K,1M,16M,64M --json out/collectives.json
+
+One row per (impl, size): op, impl, world_size, bytes, seconds (median over
+iterations of the slowest rank's time), algbw_GBps = bytes / seconds and
+busbw_GBps = algbw * 2(n-1)/n, the traffic each rank's link carries in an
+uncompressed ring. The two implementations alternate iteration by iteration
+so that both see the same machine conditions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from bagua_ravnest.launch import run_world, values  # noqa: E402
+from machine import machine_info  # noqa: E402
+
+IMPLS = ("bagua_ring", "gloo")
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper().removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in "KMG" else text
+    value = int(float(number) * scale)
+    if value <= 0 or value % 4:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be a positive multiple of 4 bytes (fp32 elements)")
+    return value
+
+
+def _bench(rank, world, sizes, iters, warmup):
+    torch.set_num_threads(1)
+    gloo = dist.new_group(backend="gloo")
+    groups = {"bagua_ring": None, "gloo": gloo}  # None: the default group, backend "bagua"
+    rows = []
+    for size in sizes:
+        tensors = {impl: torch.ones(size // 4) for impl in IMPLS}
+        for impl in IMPLS:
+            for _ in range(warmup):
+                dist.all_reduce(tensors[impl], group=groups[impl])
+        times = {impl: [] for impl in IMPLS}
+        for it in range(iters):
+            for impl in IMPLS if it % 2 == 0 else reversed(IMPLS):
+                dist.barrier(group=gloo)
+                start = time.perf_counter()
+                dist.all_reduce(tensors[impl], group=groups[impl])
+                times[impl].append(time.perf_counter() - start)
+        for impl in IMPLS:
+            # A collective takes as long as its slowest rank.
+            t = torch.tensor(times[impl], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=gloo)
+            seconds = statistics.median(t.tolist())
+            algbw = size / seconds / 1e9
+            rows.append(
+                {
+                    "op": "allreduce",
+                    "impl": impl,
+                    "world_size": world,
+                    "bytes": size,
+                    "seconds": seconds,
+                    "algbw_GBps": algbw,
+                    "busbw_GBps": algbw * 2 * (world - 1) / world,
+                    "iterations": iters,
+                }
+            )
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world-size", type=int, default=4)
+    ap.add_argument("--sizes", default="4K,1M,16M,64M", help="comma-separated byte sizes, K/M/G suffixes")
+    ap.add_argument("--iters", type=int, default=10, help="timed iterations per (impl, size), at least 10")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--json", dest="json_path", help="write the rows here")
+    args = ap.parse_args(argv)
+    if args.iters < 10:
+        ap.error("--iters must be at least 10 (the median of fewer is too noisy)")
+    if args.world_size < 2:
+        ap.error("--world-size must be at least 2")
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+
+    rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup,
+                            env={"BAGUA_ALLREDUCE": "ring"}, timeout=3600))[0]
+    print(f"{'impl':<12} {'bytes':>10} {'seconds':>10} {'algbw GB/s':>11} {'busbw GB/s':>11}")
+    for r in rows:
+        print(f"{r['impl']:<12} {r['bytes']:>10} {r['seconds']:>10.5f} {r['algbw_GBps']:>11.3f} {r['busbw_GBps']:>11.3f}")
+    if args.json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
+        with open(args.json_path, "w") as f:
+            json.dump({"benchmark": "collectives", "machine": machine_info(), "rows": rows}, f, indent=2)
+        print(f"wrote {args.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
