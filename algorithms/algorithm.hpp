@@ -1,7 +1,7 @@
 // The Algorithm contract (see DESIGN.md). The engine calls these hooks, in
 // this order, each training step:
 //   forward_pre_hook -> (backward) on_bucket_ready per bucket, on the
-//   communication thread, in bucket order -> post_backward_hook ->
+//   communication threads, launched in bucket order -> post_backward_hook ->
 //   post_optimizer_step_hook.
 // tensors_to_buckets and init_operations run when buckets are (re)built,
 // which happens at start and whenever need_reset() says so.
@@ -63,11 +63,19 @@ class Algorithm {
   }
   virtual void init_operations(const BucketView& /*bucket*/) {}
   virtual void forward_pre_hook(std::uint64_t /*step*/) {}
-  // Runs on the communication thread once every tensor of `bucket` is ready.
+  // Runs on a communication thread once every tensor of `bucket` is ready.
+  // Different buckets may run at the same time on different threads; one
+  // bucket's calls never overlap.
   virtual void on_bucket_ready(const BucketView& bucket, StepContext& ctx) = 0;
   virtual void post_backward_hook(std::uint64_t /*step*/) {}
   virtual void post_optimizer_step_hook(std::uint64_t /*step*/) {}
   virtual bool need_reset() { return false; }
+
+  // Whether different buckets' operations may run at the same time. Safe
+  // only when each operation's messages are told apart by ctx.tag alone;
+  // collectives of an inner backend are matched by issue order instead, so
+  // they must run one at a time.
+  virtual bool buckets_may_overlap() const { return false; }
 
   virtual AlgorithmState state_dict() const { return {}; }
   virtual void load_state_dict(const AlgorithmState& /*state*/) {}

@@ -170,8 +170,15 @@ class DistributedDataParallel(nn.Module):
 
         self._sync_module_states()
         self._build_buckets()
+        # Two lanes let two buckets' latency-bound operations overlap (as
+        # Gloo's two worker threads do for torch DDP); see docs/engine.md.
+        lanes = int(os.environ.get("BAGUA_COMM_LANES", 2))
         self._engine = _C.Engine(
-            _communicator_for(self.process_group, self._timeout_s), self.algorithm, self._host_keys, self._timeout_s
+            _communicator_for(self.process_group, self._timeout_s),
+            self.algorithm,
+            self._host_keys,
+            self._timeout_s,
+            lanes,
         )
         self._engine.set_buckets([(b, idx) for b, idx in zip(self._buckets, self._bucket_members)], len(self._params))
         self._hooks = [

@@ -24,6 +24,9 @@ class GradientAllreduce final : public Algorithm {
 
   std::string spec() const override;
   void on_bucket_ready(const BucketView& bucket, StepContext& ctx) override;
+  bool buckets_may_overlap() const override {
+    return options_.hierarchical || options_.allreduce == AllreduceImpl::Ring;
+  }
 
  private:
   GradientAllreduceOptions options_;

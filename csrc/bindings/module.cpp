@@ -102,13 +102,13 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
       .def(py::init([](std::shared_ptr<Communicator> comm, const std::string& spec, std::vector<long long> host_keys,
-                       double timeout_s) {
+                       double timeout_s, int lanes) {
              auto algo = AlgorithmRegistry::instance().create(
                  spec, WorldInfo{comm->rank(), comm->size(), std::move(host_keys)});
              return std::make_shared<Engine>(std::move(comm), std::shared_ptr<Algorithm>(std::move(algo)),
-                                             to_ms(timeout_s));
+                                             to_ms(timeout_s), lanes);
            }),
-           py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"))
+           py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"), py::arg("lanes") = 2)
       .def_property_readonly("spec", [](Engine& e) { return e.algorithm().spec(); })
       .def_property("step", &Engine::step, &Engine::set_step)
       .def(

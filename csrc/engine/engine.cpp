@@ -12,13 +12,13 @@ constexpr Tag kEngineTagBase = 1u << 24;
 constexpr Tag kEngineTagSpan = 1u << 24;
 }  // namespace
 
-Engine::Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout)
-    : comm_(std::move(comm)),
-      algorithm_(std::move(algorithm)),
-      timeout_(timeout),
-      watchdog_(std::make_shared<Watchdog>(comm_->rank())),
-      thread_(std::make_unique<CommThread>()) {
+Engine::Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout,
+               int lanes)
+    : comm_(std::move(comm)), algorithm_(std::move(algorithm)), timeout_(timeout) {
   if (!comm_ || !algorithm_) throw InvalidArgument("Engine needs a communicator and an algorithm");
+  if (lanes < 1 || lanes > 16) throw InvalidArgument(fmt::format("lanes must be in [1, 16], got {}", lanes));
+  watchdog_ = std::make_shared<Watchdog>(comm_->rank());
+  for (int i = 0; i < lanes; ++i) lanes_.push_back(std::make_unique<CommThread>());
 }
 
 void Engine::set_buckets(std::vector<BucketSpec> buckets, std::size_t num_tensors) {
@@ -72,7 +72,8 @@ void Engine::launch(std::size_t b) {
   const Tag tag = kEngineTagBase + (op_seq_++ % kEngineTagSpan);
   const std::size_t ticket = watchdog_->add(fmt::format(
       "{} on bucket {} ({} x {}, step {})", algorithm_->spec(), b, spec.count, dtype_name(spec.dtype), step_));
-  thread_->submit([comm = comm_, algorithm = algorithm_, watchdog = watchdog_, view, tag, ticket,
+  const std::size_t lanes = algorithm_->buckets_may_overlap() ? lanes_.size() : 1;
+  lanes_[b % lanes]->submit([comm = comm_, algorithm = algorithm_, watchdog = watchdog_, view, tag, ticket,
                    step = step_] {
     watchdog->started(ticket);
     std::exception_ptr error;

@@ -23,7 +23,12 @@ struct BucketSpec {
 
 class Engine {
  public:
-  Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout);
+  // `lanes` communication threads; bucket b always runs on lane b % lanes,
+  // so each lane sees the same sequence of operations on every rank, while
+  // latency-bound operations of different buckets overlap. Algorithms whose
+  // buckets must not overlap (Algorithm::buckets_may_overlap) use lane 0.
+  Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout,
+         int lanes = 2);
 
   void set_buckets(std::vector<BucketSpec> buckets, std::size_t num_tensors);
 
@@ -64,7 +69,7 @@ class Engine {
   std::uint64_t step_ = 0;
 
   // Last member: destroyed first, so no job outlives the state it uses.
-  std::unique_ptr<CommThread> thread_;
+  std::vector<std::unique_ptr<CommThread>> lanes_;
 };
 
 }  // namespace bagua
