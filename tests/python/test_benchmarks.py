@@ -1,0 +1,52 @@
+"""The benchmark scripts run end to end and write the documented JSON rows
+(tiny settings: this checks the plumbing and schema, not speed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(args, tmp_path):
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, *args, "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_collectives_json(tmp_path):
+    data = _run(["benchmarks/collectives.py", "--world-size", "2", "--sizes", "4K,64K", "--iters", "10"], tmp_path)
+    rows = data["rows"]
+    assert {(r["impl"], r["bytes"]) for r in rows} == {(i, b) for i in ("bagua_ring", "gloo") for b in (4096, 65536)}
+    for r in rows:
+        assert r["op"] == "allreduce" and r["world_size"] == 2 and r["seconds"] > 0
+        assert abs(r["busbw_GBps"] - r["algbw_GBps"] * 2 * (2 - 1) / 2) < 1e-12
+        assert abs(r["algbw_GBps"] - r["bytes"] / r["seconds"] / 1e9) < 1e-9
+    assert data["machine"]["cores"] >= 1
+
+
+def test_train_json_and_plot(tmp_path):
+    data = _run(["benchmarks/train.py", "--world-size", "2", "--algorithms", "ddp,gradient_allreduce",
+                 "--steps", "8", "--warmup-steps", "2", "--rounds", "2"], tmp_path)
+    rows = {r["algorithm"]: r for r in data["rows"]}
+    assert set(rows) == {"ddp", "gradient_allreduce"}
+    for r in rows.values():
+        assert r["samples_per_s"] > 0 and r["step_ms_median"] > 0
+        assert len(r["curve"]["loss"]) == 8
+    assert rows["ddp"]["speedup_vs_ddp"] == 1.0
+    # Same seeds, same data, same math: the two must train the same model.
+    assert abs(rows["ddp"]["final_loss"] - rows["gradient_allreduce"]["final_loss"]) < 1e-4
+    proc = subprocess.run([sys.executable, "benchmarks/plot.py", str(tmp_path / "out.json"), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out_loss.png").stat().st_size > 1000
+
+
+def test_bad_arguments_are_explained():
+    proc = subprocess.run([sys.executable, "benchmarks/train.py", "--algorithms", "ddp,warp_drive"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "warp_drive" in proc.stderr + proc.stdout
+    assert "gradient_allreduce" in proc.stderr + proc.stdout
