@@ -65,38 +65,41 @@ void ring_allreduce(Communicator& comm, const Ring& ring, void* data, std::size_
     return recvs;
   };
 
-  std::vector<RequestPtr> rs_sends, ag_sends;
+  // rs_sends[s]: the sends of reduce-scatter step s, from segment (p - s).
+  std::vector<std::vector<RequestPtr>> rs_sends(n - 1);
+  std::vector<RequestPtr> ag_sends;
   for (const auto& piece : plan.pieces[reduce_scatter_step(p, n, 0).send_segment]) {
-    if (piece.count) rs_sends.push_back(comm.isend(at(piece), piece.count * plan.elem, right, tag));
+    if (piece.count) rs_sends[0].push_back(comm.isend(at(piece), piece.count * plan.elem, right, tag));
   }
 
-  // All-gather receives land straight in the buffer, in segments this rank
-  // sends during the reduce-scatter, so they are posted once every
-  // reduce-scatter send is done: at the start of the last reduce-scatter
-  // step, early enough that a neighbour's first all-gather pieces find their
-  // receive posted (Gloo otherwise stages them in a temporary buffer).
-  auto post_gather_recvs = [&] {
-    wait_all(rs_sends, timeout);
-    std::vector<RequestPtr> out;
-    for (int step = 0; step < n - 1; ++step) {
-      for (const auto& piece : plan.pieces[allgather_step(p, n, step).recv_segment]) {
-        if (piece.count) out.push_back(comm.irecv(at(piece), piece.count * plan.elem, left, tag));
+  // All-gather step t receives straight into segment (p - t), which
+  // reduce-scatter step t sent from; once that send is done the receive can
+  // be posted. Receives are posted in step order (messages with one tag
+  // match in order), as early as possible so that a neighbour's pieces find
+  // their receive waiting (Gloo otherwise stages them in a temporary buffer).
+  std::vector<RequestPtr> gather_recvs;
+  int gather_posted = 0;
+  auto post_gather_recvs = [&](int up_to) {  // steps [gather_posted, up_to)
+    for (; gather_posted < up_to; ++gather_posted) {
+      wait_all(rs_sends[gather_posted], timeout);
+      for (const auto& piece : plan.pieces[allgather_step(p, n, gather_posted).recv_segment]) {
+        if (piece.count) gather_recvs.push_back(comm.irecv(at(piece), piece.count * plan.elem, left, tag));
       }
     }
-    return out;
   };
 
   // Reduce-scatter. A piece reduced at step s is exactly what step s + 1
   // sends, so it is forwarded as soon as it is reduced.
   std::vector<RequestPtr> recvs = post_reduce_recvs(0);
-  std::vector<RequestPtr> gather_recvs;
   for (int step = 0; step < n - 1; ++step) {
     std::vector<RequestPtr> next;
     if (step + 1 < n - 1) next = post_reduce_recvs(step + 1);
-    if (step == n - 2) gather_recvs = post_gather_recvs();
+    const bool last = step == n - 2;
+    // Before the last step, every all-gather receive whose segment's send
+    // was issued at least a step ago (those have had time to finish).
+    if (last) post_gather_recvs(std::max(1, n - 2));
     const int seg = reduce_scatter_step(p, n, step).recv_segment;
     const std::uint8_t* buf = scratch + (step % 2) * half;
-    const bool last = step == n - 2;
     std::size_t k = 0;
     for (const auto& piece : plan.pieces[seg]) {
       if (piece.count == 0) continue;
@@ -104,10 +107,11 @@ void ring_allreduce(Communicator& comm, const Ring& ring, void* data, std::size_
       reduce_into(at(piece), buf + (piece.offset - plan.segments[seg].offset) * plan.elem, piece.count, dtype, op);
       if (last && op == ReduceOp::Avg) finish_average(at(piece), piece.count, dtype, n);
       // Not last: the next reduce-scatter step. Last: the first all-gather step.
-      (last ? ag_sends : rs_sends).push_back(comm.isend(at(piece), piece.count * plan.elem, right, tag));
+      (last ? ag_sends : rs_sends[step + 1]).push_back(comm.isend(at(piece), piece.count * plan.elem, right, tag));
     }
     recvs = std::move(next);
   }
+  post_gather_recvs(n - 1);
 
   std::size_t k = 0;
   for (int step = 0; step < n - 1; ++step) {
