@@ -12,7 +12,7 @@ JOBS        ?= $(shell nproc)
 WORLD_SIZE  ?= 4
 OUT         ?= out
 
-.PHONY: all deps build cpp-test py-test test demo bench-quick clean
+.PHONY: all deps build cpp-test py-test test demo clean
 
 all: build
 

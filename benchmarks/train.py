@@ -163,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    ap.add_argument("--rounds", type=int, default=5, help="algorithms take turns this many times")
+    ap.add_argument("--rounds", type=int, default=10, help="algorithms take turns this many times")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", dest="json_path")
     return ap

@@ -65,20 +65,22 @@ at::Tensor C10dCommunicator::wrap(const void* data, std::size_t count, at::Scala
                        at::TensorOptions().dtype(type).device(device_));
 }
 
-RequestPtr C10dCommunicator::isend(const void* data, std::size_t bytes, int peer, Tag tag) {
+RequestPtr C10dCommunicator::point_to_point(bool send, void* data, std::size_t bytes, int peer, Tag tag) {
   if (bytes == 0) return std::make_shared<CompletedRequest>();
   std::vector<at::Tensor> t{wrap(data, bytes, at::kByte)};
-  auto work = backend_->send(t, peer, static_cast<int>(tag));
+  auto work = send ? backend_->send(t, peer, static_cast<int>(tag)) : backend_->recv(t, peer, static_cast<int>(tag));
   return std::make_shared<C10dRequest>(std::move(work), std::move(t),
-                                       fmt::format("rank {}: send of {} bytes to rank {} (tag {})", rank(), bytes, peer, tag));
+                                       fmt::format("rank {}: {} of {} bytes {} rank {} (tag {})", rank(),
+                                                   send ? "send" : "recv", bytes, send ? "to" : "from", peer, tag));
+}
+
+RequestPtr C10dCommunicator::isend(const void* data, std::size_t bytes, int peer, Tag tag) {
+  // The buffer is only read: c10d's send takes a non-const tensor, nothing more.
+  return point_to_point(true, const_cast<void*>(data), bytes, peer, tag);
 }
 
 RequestPtr C10dCommunicator::irecv(void* data, std::size_t bytes, int peer, Tag tag) {
-  if (bytes == 0) return std::make_shared<CompletedRequest>();
-  std::vector<at::Tensor> t{wrap(data, bytes, at::kByte)};
-  auto work = backend_->recv(t, peer, static_cast<int>(tag));
-  return std::make_shared<C10dRequest>(std::move(work), std::move(t),
-                                       fmt::format("rank {}: recv of {} bytes from rank {} (tag {})", rank(), bytes, peer, tag));
+  return point_to_point(false, data, bytes, peer, tag);
 }
 
 RequestPtr C10dCommunicator::allreduce(void* data, std::size_t count, DType dtype, ReduceOp op) {

@@ -26,6 +26,7 @@ class C10dCommunicator final : public Communicator {
 
  private:
   at::Tensor wrap(const void* data, std::size_t count, at::ScalarType type) const;
+  RequestPtr point_to_point(bool send, void* data, std::size_t bytes, int peer, Tag tag);
 
   c10::intrusive_ptr<c10d::Backend> backend_;
   c10::Device device_;

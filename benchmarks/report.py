@@ -1,0 +1,44 @@
+"""Markdown tables from benchmark JSON files, for docs/benchmarks.md.
+
+    python benchmarks/report.py out/collectives.json out/train.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def collectives_table(data: dict) -> str:
+    rows = data["rows"]
+    lines = ["| bytes | impl | seconds (median) | algbw GB/s | busbw GB/s |", "|---:|---|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["bytes"], r["impl"])):
+        lines.append(f"| {r['bytes']:,} | {r['impl']} | {r['seconds']:.5f} | {r['algbw_GBps']:.3f} | {r['busbw_GBps']:.3f} |")
+    return "\n".join(lines)
+
+
+def train_table(data: dict) -> str:
+    lines = ["| algorithm | samples/s | step ms (median) | final loss | speed vs ddp |", "|---|---:|---:|---:|---:|"]
+    for r in data["rows"]:
+        speed = f"{r['speedup_vs_ddp']:.2f}x" if r.get("speedup_vs_ddp") else "-"
+        lines.append(f"| {r['algorithm']} | {r['samples_per_s']:.1f} | {r['step_ms_median']:.2f} | "
+                     f"{r['final_loss']:.4f} | {speed} |")
+    return "\n".join(lines)
+
+
+def machine_line(data: dict) -> str:
+    m = data["machine"]
+    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}"
+
+
+def main(argv=None) -> int:
+    for path in (argv if argv is not None else sys.argv[1:]):
+        with open(path) as f:
+            data = json.load(f)
+        render = {"collectives": collectives_table, "train": train_table}[data["benchmark"]]
+        print(f"<!-- {path}; {machine_line(data)} -->\n{render(data)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
