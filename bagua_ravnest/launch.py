@@ -31,7 +31,26 @@ class RankResult:
     exitcode: int | None = None
 
 
-def _worker(fn, rank, world, backend, store_path, env, args, queue):
+def _enter_network_namespace(name: str) -> None:
+    """Moves this process into the named network namespace (ip netns). Must
+    run before torch starts threads: a namespace switch applies to the calling
+    thread, and threads created later inherit it."""
+    import ctypes
+
+    clone_newnet = 0x40000000
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, clone_newnet) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into network namespace {name!r} failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _worker(fn, rank, world, backend, store_path, env, args, queue, netns=None):
+    if netns:
+        _enter_network_namespace(netns)
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world)})
     try:
@@ -52,18 +71,26 @@ def _worker(fn, rank, world, backend, store_path, env, args, queue):
         queue.put(RankResult(rank, False, error_type=type(e).__name__, error=f"{e}\n{traceback.format_exc()}"))
 
 
-def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = None, timeout: float = 120.0):
+def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = None, timeout: float = 120.0,
+              netns: list[str] | None = None, failure_grace: float = 60.0):
     """fn(rank, world, *args) on `world` processes; returns RankResults by rank.
 
     Each worker gets RANK/WORLD_SIZE and `env` in its environment, and a
     default process group of `backend` before fn runs. HARNESS_SKIP_DESTROY=1
-    in `env` skips destroy_process_group (for runs where a peer dies)."""
+    in `env` skips destroy_process_group (for runs where a peer dies).
+    `netns`: one network namespace per rank to run it in (the rendezvous
+    store is a file, so only rank-to-rank traffic uses the network).
+    Once a rank has failed or died, the others get `failure_grace` seconds
+    to finish (usually by raising) before they are stopped."""
+    if netns is not None and len(netns) != world:
+        raise ValueError(f"netns names {len(netns)} namespaces for {world} ranks")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
         procs = [
-            ctx.Process(target=_worker, args=(fn, r, world, backend, store, env or {}, args, queue), daemon=True)
+            ctx.Process(target=_worker, args=(fn, r, world, backend, store, env or {}, args, queue,
+                                              netns[r] if netns else None), daemon=True)
             for r in range(world)
         ]
         for p in procs:
@@ -77,6 +104,12 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
             except queue_mod.Empty:
                 if all(not p.is_alive() for p in procs) and queue.empty():
                     break
+            failed = any(not r.ok for r in results.values()) or any(
+                not p.is_alive() and p.exitcode not in (0, None) and r not in results for r, p in enumerate(procs))
+            if failed:
+                # The others are probably waiting on the failed rank: give them
+                # a moment to raise on their own, then stop them.
+                deadline = min(deadline, time.monotonic() + failure_grace)
         for p in procs:
             p.join(timeout=max(0.0, deadline - time.monotonic()) if len(results) == world else 1.0)
         hung = [r for r, p in enumerate(procs) if p.is_alive()]
@@ -84,7 +117,7 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
             if p.is_alive():
                 p.kill()
                 p.join()
-        if hung and len(results) < world:
+        if hung and len(results) < world and all(r.ok for r in results.values()):
             raise TimeoutError(f"ranks {hung} did not finish within {timeout} s (hang)")
         for r, p in enumerate(procs):
             if r not in results:

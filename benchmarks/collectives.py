@@ -1,12 +1,18 @@
 """All-reduce bandwidth of our ring against Gloo's, in the same processes.
 
     python benchmarks/collectives.py --world-size 4 --sizes 4K,1M,16M,64M --json out/collectives.json
+    python benchmarks/collectives.py --world-size 4 --sizes 16M --bandwidth-mbit 100 --json out/c100.json  # root
 
 One row per (impl, size): op, impl, world_size, bytes, seconds (median over
 iterations of the slowest rank's time), algbw_GBps = bytes / seconds and
 busbw_GBps = algbw * 2(n-1)/n, the traffic each rank's link carries in an
 uncompressed ring. The two implementations alternate iteration by iteration
 so that both see the same machine conditions.
+
+With --bandwidth-mbit the ranks run in an emulated cluster (one network
+namespace per rank, tc-shaped links; benchmarks/netem) and every row also
+carries the configured bottleneck rate and busbw_over_link = busbw / rate,
+which is 1.0 at the physical limit of an uncompressed ring.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import torch.distributed as dist  # noqa: E402
 
 from bagua_ravnest.launch import run_world, values  # noqa: E402
 from machine import machine_info  # noqa: E402
+from netem.cluster import NetemUnavailable  # noqa: E402
+from netem.network import network  # noqa: E402
 
 IMPLS = ("bagua_ring", "gloo")
 
@@ -83,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="4K,1M,16M,64M", help="comma-separated byte sizes, K/M/G suffixes")
     ap.add_argument("--iters", type=int, default=10, help="timed iterations per (impl, size), at least 10")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--bandwidth-mbit", help="emulated link rate(s) in Mbit/s: one, or one per rank (needs root)")
     ap.add_argument("--json", dest="json_path", help="write the rows here")
     args = ap.parse_args(argv)
     if args.iters < 10:
@@ -91,11 +100,22 @@ def main(argv=None) -> int:
         ap.error("--world-size must be at least 2")
     sizes = [parse_size(s) for s in args.sizes.split(",")]
 
-    rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup,
-                            env={"BAGUA_ALLREDUCE": "ring"}, timeout=3600))[0]
-    print(f"{'impl':<12} {'bytes':>10} {'seconds':>10} {'algbw GB/s':>11} {'busbw GB/s':>11}")
+    try:
+        with network(args.bandwidth_mbit, args.world_size) as net:
+            rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup,
+                                    env={"BAGUA_ALLREDUCE": "ring", **net.env}, timeout=3600, netns=net.netns))[0]
+    except (NetemUnavailable, ValueError) as e:
+        ap.exit(2, f"collectives.py: {e}\n")
     for r in rows:
-        print(f"{r['impl']:<12} {r['bytes']:>10} {r['seconds']:>10.5f} {r['algbw_GBps']:>11.3f} {r['busbw_GBps']:>11.3f}")
+        r["network"] = net.label
+        r["link_mbit"] = net.bottleneck_mbit
+        r["busbw_over_link"] = r["busbw_GBps"] * 8e3 / net.bottleneck_mbit if net.bottleneck_mbit else None
+    print(f"network: {net.label}")
+    print(f"{'impl':<12} {'bytes':>10} {'seconds':>10} {'algbw GB/s':>11} {'busbw GB/s':>11} {'of link':>8}")
+    for r in rows:
+        of_link = f"{r['busbw_over_link']:.2f}" if r["busbw_over_link"] is not None else "-"
+        print(f"{r['impl']:<12} {r['bytes']:>10} {r['seconds']:>10.5f} {r['algbw_GBps']:>11.3f} "
+              f"{r['busbw_GBps']:>11.3f} {of_link:>8}")
     if args.json_path:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
         with open(args.json_path, "w") as f:

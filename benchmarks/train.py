@@ -4,9 +4,15 @@ loss per algorithm.
 
     python benchmarks/train.py --world-size 4 --algorithms ddp,gradient_allreduce --steps 50 --json out/train.json
 
-Names in --algorithms: `ddp` (torch DDP on Gloo) or any bagua_ravnest
-algorithm spec; options follow a colon and are comma-separated
-(`gradient_allreduce:hierarchical=true,allreduce=inner`).
+Names in --algorithms: the baselines `ddp` (torch DDP on Gloo), `ddp_fp16`
+(with torch's fp16_compress_hook), `ddp_powersgd` (torch's PowerSGD hook,
+rank 2, full-precision warm-up), `ddp_localsgd` (torch's post-local-SGD hook
+with PeriodicModelAverager, period 4), or any bagua_ravnest algorithm spec; options follow a colon and are
+comma-separated (`gradient_allreduce:hierarchical=true,allreduce=inner`).
+
+With --bandwidth-mbit the ranks run in an emulated cluster with shaped links
+(benchmarks/netem; needs root) and bytes_sent_per_step is read from each
+rank's interface counters (the mean over ranks, per training step).
 
 Algorithms take turns in --rounds blocks of steps, so that drifts of the
 machine's speed affect all of them alike. A step's time is its slowest
@@ -35,9 +41,11 @@ from torch.nn.parallel import DistributedDataParallel as TorchDDP  # noqa: E402
 import bagua_ravnest  # noqa: E402
 from bagua_ravnest.launch import run_world, values  # noqa: E402
 from machine import machine_info  # noqa: E402
+from netem.network import network, tx_bytes  # noqa: E402
 from workloads import SyntheticTask, build_model  # noqa: E402
 
-BASELINES = ("ddp",)
+BASELINES = ("ddp", "ddp_fp16", "ddp_powersgd", "ddp_localsgd")
+LOCALSGD_PERIOD = 4
 
 
 def split_algorithms(text: str) -> list[str]:
@@ -53,28 +61,59 @@ def split_algorithms(text: str) -> list[str]:
     return out
 
 
-def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory):
-    if algorithm == "ddp":
-        model = TorchDDP(model, process_group=gloo)
-        return model, optimizer_factory(model)
+def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_steps: int):
+    """The model as trained by `algorithm`, its optimizer, and a function to
+    call after each optimizer step (model averaging for local SGD)."""
+    after_step = lambda: None  # noqa: E731
+    if algorithm.startswith("ddp"):
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook, post_localSGD_hook
+
+        # PowerSGD chains all-reduces in future callbacks; with several buckets
+        # the ranks would issue them in different orders, which Gloo (matching
+        # collectives by order) cannot take. One bucket keeps one chain per step.
+        cap = {"bucket_cap_mb": 1024} if algorithm == "ddp_powersgd" else {}
+        model = TorchDDP(model, process_group=gloo, **cap)
+        if algorithm == "ddp_fp16":
+            model.register_comm_hook(gloo, default_hooks.fp16_compress_hook)
+        elif algorithm == "ddp_powersgd":
+            state = powerSGD_hook.PowerSGDState(process_group=gloo, matrix_approximation_rank=2,
+                                                start_powerSGD_iter=max(2, warmup_steps))
+            model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        elif algorithm == "ddp_localsgd":
+            from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+
+            # After the warm-up each rank steps alone (a subgroup of itself);
+            # every LOCALSGD_PERIOD steps the averager averages the models.
+            alone = dist.new_subgroups(group_size=1, backend="gloo")[0]
+            state = post_localSGD_hook.PostLocalSGDState(process_group=gloo, subgroup=alone,
+                                                         start_localSGD_iter=warmup_steps)
+            model.register_comm_hook(state, post_localSGD_hook.post_localSGD_hook)
+            averager = PeriodicModelAverager(period=LOCALSGD_PERIOD, warmup_steps=warmup_steps, process_group=gloo)
+            after_step = lambda: averager.average_parameters(model.parameters())  # noqa: E731
+        elif algorithm != "ddp":
+            raise ValueError(f"unknown baseline {algorithm!r}")
+        return model, optimizer_factory(model), after_step
     opt = optimizer_factory(model)
-    return bagua_ravnest.DistributedDataParallel(model, algorithm=algorithm, optimizer=opt), opt
+    return bagua_ravnest.DistributedDataParallel(model, algorithm=algorithm, optimizer=opt), opt, after_step
 
 
 class _Trainer:
     """One algorithm's model, optimizer and data stream; trains in blocks so
     that algorithms can take turns on the machine."""
 
-    def __init__(self, rank, algorithm, args, gloo):
-        self.algorithm, self.args = algorithm, args
+    def __init__(self, rank, algorithm, args, gloo, ifname):
+        self.algorithm, self.args, self.ifname = algorithm, args, ifname
         model = build_model(args.model, seed=args.seed)
         make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9)  # noqa: E731
-        self.model, self.opt = _wrap(algorithm, model, gloo, make_opt)
+        self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps)
         self.task = SyntheticTask(args.model, rank, args.batch_size, seed=args.seed)
         self.step_times: list[float] = []
         self.losses: list[float] = []
+        self.sent_bytes = 0  # on the wire, during timed steps
 
-    def run(self, steps: int) -> None:
+    def run(self, steps: int, progress=None) -> None:
+        timed = len(self.step_times) >= self.args.warmup_steps
+        before = tx_bytes(self.ifname) if timed else 0
         for _ in range(steps):
             x, y = self.task.batch()
             t0 = time.perf_counter()
@@ -82,8 +121,13 @@ class _Trainer:
             loss = nn.functional.cross_entropy(self.model(x), y)
             loss.backward()
             self.opt.step()
+            self.after_step()
             self.step_times.append(time.perf_counter() - t0)
             self.losses.append(float(loss.detach()))
+            if progress is not None:
+                progress.update(1)
+        if timed:
+            self.sent_bytes += tx_bytes(self.ifname) - before
 
     def summary(self, world, gloo) -> dict:
         args = self.args
@@ -94,6 +138,13 @@ class _Trainer:
         dist.all_reduce(loss, group=gloo)
         mean_loss = (loss / world).tolist()
         timed = t[args.warmup_steps :]
+        # Loopback's counter is shared by all ranks: it already holds everyone's bytes.
+        sent = torch.tensor([float(self.sent_bytes)], dtype=torch.float64)
+        if self.ifname != "lo":
+            dist.all_reduce(sent, group=gloo)
+        timed_steps = len(timed)
+        seconds = torch.cumsum(t, 0)
+        below = [i for i, v in enumerate(mean_loss) if args.target_loss is not None and v < args.target_loss]
         return {
             "algorithm": self.algorithm,
             "spec": getattr(self.model, "algorithm", "torch DDP (gloo)"),
@@ -104,21 +155,32 @@ class _Trainer:
             "samples_per_s": world * args.batch_size * len(timed) / float(timed.sum()),
             "step_ms_median": 1000 * statistics.median(timed.tolist()),
             "final_loss": statistics.fmean(mean_loss[-5:]),
-            "curve": {"seconds": torch.cumsum(t, 0).tolist(), "loss": mean_loss},
+            "bytes_sent_per_step": float(sent) / world / max(1, timed_steps),
+            "time_to_target_s": float(seconds[below[0]]) if below else None,
+            "curve": {"seconds": seconds.tolist(), "loss": mean_loss},
         }
 
 
-def _worker(rank, world, algorithms, args):
+def _worker(rank, world, algorithms, args, ifname):
     torch.set_num_threads(args.threads)
     gloo = dist.new_group(backend="gloo")
-    trainers = [_Trainer(rank, a, args, gloo) for a in algorithms]
+    trainers = [_Trainer(rank, a, args, gloo, ifname) for a in algorithms]
+    progress = None
+    if rank == 0 and not args.quiet:
+        from tqdm import tqdm
+
+        progress = tqdm(total=args.steps * len(trainers), desc="training", unit="step", leave=False)
     # Algorithms take turns in blocks (alternating order), so slow drifts of
-    # the machine affect all of them alike.
-    blocks = [len(b) for b in torch.arange(args.steps).tensor_split(args.rounds)]
+    # the machine affect all of them alike. The warm-up is its own block, so
+    # byte counts cover timed steps only.
+    rest = [len(b) for b in torch.arange(args.steps - args.warmup_steps).tensor_split(args.rounds) if len(b)]
+    blocks = ([args.warmup_steps] if args.warmup_steps else []) + rest
     for i, block in enumerate(blocks):
         for trainer in trainers if i % 2 == 0 else reversed(trainers):
             dist.barrier(group=gloo)
-            trainer.run(block)
+            trainer.run(block, progress)
+    if progress is not None:
+        progress.close()
     return [t.summary(world, gloo) for t in trainers]
 
 
@@ -130,9 +192,12 @@ def run(args) -> list[dict]:
             raise SystemExit(
                 f"unknown algorithm {name!r}; choose from {', '.join(BASELINES + tuple(bagua_ravnest.algorithm_names()))}"
             )
-    rows = values(run_world(_worker, args.world_size, algorithms, args, timeout=args.timeout))[0]
+    with network(args.bandwidth_mbit, args.world_size) as net:
+        rows = values(run_world(_worker, args.world_size, algorithms, args, net.ifname, env=net.env,
+                                timeout=args.timeout, netns=net.netns))[0]
     base = next((r for r in rows if r["algorithm"] == "ddp"), None)
     for r in rows:
+        r["network"] = net.label
         r["speedup_vs_ddp"] = r["samples_per_s"] / base["samples_per_s"] if base else None
     return rows
 
@@ -165,6 +230,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     ap.add_argument("--rounds", type=int, default=10, help="algorithms take turns this many times")
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--bandwidth-mbit", help="emulated link rate(s) in Mbit/s: one, or one per rank (needs root)")
+    ap.add_argument("--target-loss", type=float, default=None, help="report the training time to reach this loss")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--json", dest="json_path")
     return ap
 
