@@ -43,6 +43,9 @@ def test_train_json_and_plot(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out_loss.png").stat().st_size > 1000
+    report = subprocess.run([sys.executable, "benchmarks/report.py", str(tmp_path / "out.json")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0 and "| gradient_allreduce |" in report.stdout, report.stderr
 
 
 def test_bad_arguments_are_explained():
