@@ -12,7 +12,7 @@ JOBS        ?= $(shell nproc)
 WORLD_SIZE  ?= 4
 OUT         ?= out
 
-.PHONY: all deps build cpp-test py-test test demo clean
+.PHONY: all deps build cpp-test py-test test demo bench clean
 
 all: build
 
@@ -50,6 +50,11 @@ test: cpp-test py-test
 
 demo: build
 	$(PYTHON) benchmarks/demo.py --world-size $(WORLD_SIZE) --out $(OUT)
+
+# The standard slow-network matrix (needs root; up to ~30 minutes); rewrites the
+# generated part of docs/benchmarks.md and docs/img/.
+bench: build
+	$(PYTHON) benchmarks/bench.py
 
 clean:
 	rm -rf build bagua_ravnest/_C*.so *.egg-info

@@ -128,3 +128,19 @@ def test_train_on_two_shaped_namespaces(tmp_path):
         theory = 2 * (2 - 1) / 2 * params * element_bytes
         assert 0.98 * theory < r["bytes_sent_per_step"] < 1.10 * theory, (name, r["bytes_sent_per_step"], theory)
     assert _ours() == [] and netem.leftovers() == []
+
+
+def test_bench_quick_regenerates_its_section_only(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nHand-written text stays.\n")
+    for _ in range(2):  # the second run replaces the generated section
+        proc = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick", "--docs", str(docs),
+                               "--out", str(tmp_path / "out"), "--img", str(tmp_path / "img")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nHand-written text stays.")
+    assert text.count("<!-- make bench: begin -->") == 1 and text.count("<!-- make bench: end -->") == 1
+    assert "### loopback" in text and "### uniform-200mbit" in text
+    assert (tmp_path / "img" / "bench_uniform-200mbit_speed.png").stat().st_size > 1000
+    assert netem.leftovers() == []
