@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import itertools
 import os
 import socket
 import zlib
@@ -27,6 +28,9 @@ from .algorithms import resolve_algorithm
 _FIRST_BUCKET_MB = 1.0
 _SPEC_BYTES = 512  # room for an algorithm spec or an error message in the start-up check
 _DEFAULT_TIMEOUT_S = 300.0
+# Engines sharing a transport need distinct message tags; wrappers are
+# numbered in construction order, which every rank of a job follows alike.
+_engine_slots = itertools.count()
 
 
 def _timeout_seconds(timeout) -> float:
@@ -40,7 +44,9 @@ def _timeout_seconds(timeout) -> float:
 def _communicator_for(process_group, timeout_s: float):
     backend = process_group._get_backend(torch.device("cpu"))
     if isinstance(backend, _C.ProcessGroupBagua):
-        return backend.communicator()
+        # Over the same inner Gloo, but with this wrapper's timeout rather than
+        # the process group's (30 minutes by default).
+        return _C.c10d_communicator(backend.inner_cpu(), timeout_s)
     name = dist.get_backend(process_group)
     if name == "gloo":
         return _C.c10d_communicator(backend, timeout_s)
@@ -179,6 +185,7 @@ class DistributedDataParallel(nn.Module):
             self._host_keys,
             self._timeout_s,
             lanes,
+            next(_engine_slots),
         )
         self._engine.set_buckets([(b, idx) for b, idx in zip(self._buckets, self._bucket_members)], len(self._params))
         self._hooks = [
@@ -188,6 +195,8 @@ class DistributedDataParallel(nn.Module):
         self._has_optimizer = optimizer is not None
         self._sync_this_iteration = False
         self._callback_queued = False
+        self._awaiting_forward = False  # a synchronized backward has finished
+        self._failed = ""  # set when an iteration failed; the wrapper is then unusable
         self._unused: list[int] = []
 
     # ----- start-up ---------------------------------------------------------
@@ -286,16 +295,23 @@ class DistributedDataParallel(nn.Module):
                 p.grad = view
 
     def forward(self, *inputs, **kwargs):
-        sync = torch.is_grad_enabled() and self.require_backward_grad_sync
-        self._sync_this_iteration = sync
-        self._callback_queued = False
-        if sync:
-            self._attach_grad_views()
-            self._engine.forward_pre_hook()
+        if self._failed:
+            raise RuntimeError(f"DistributedDataParallel failed in an earlier iteration: {self._failed}")
         if self.broadcast_buffers and self._world > 1:
             buffers = list(self.module.buffers())
             if buffers:
                 self._broadcast_flat(buffers)
+        if not torch.is_grad_enabled():
+            # Evaluation: no backward follows, so the iteration state of a
+            # pending training forward must stay as it is.
+            return self.module(*inputs, **kwargs)
+        sync = self.require_backward_grad_sync
+        self._sync_this_iteration = sync
+        self._callback_queued = False
+        self._awaiting_forward = False
+        if sync:
+            self._attach_grad_views()
+            self._engine.forward_pre_hook()
         output = self.module(*inputs, **kwargs)
         self._unused = self._find_unused(output) if (sync and self.find_unused_parameters) else []
         return output
@@ -317,6 +333,11 @@ class DistributedDataParallel(nn.Module):
 
     def _make_grad_hook(self, index: int):
         def hook(param: torch.Tensor) -> None:
+            if self._awaiting_forward:
+                raise RuntimeError(
+                    "backward ran twice after one forward (retain_graph=True?); each synchronized backward needs "
+                    "its own forward, or run the extra backward passes inside no_sync()"
+                )
             if not self._sync_this_iteration:
                 return
             view = self._views[index]
@@ -327,7 +348,10 @@ class DistributedDataParallel(nn.Module):
                 self._callback_queued = True
                 torch.autograd.Variable._execution_engine.queue_callback(self._finalize_backward)
                 for i in self._unused:
-                    self._views[i].zero_()
+                    # Their bucket slots hold zeros, or what no_sync() accumulated.
+                    if self._params[i].grad is None:
+                        self._views[i].zero_()
+                        self._params[i].grad = self._views[i]
                     self._engine.mark_ready(i)
             self._engine.mark_ready(index)
 
@@ -338,13 +362,19 @@ class DistributedDataParallel(nn.Module):
         if missing:
             names = ", ".join(self._param_names[i] for i in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise RuntimeError(
+            self._failed = (
                 f"these parameters got no gradient in this iteration: {names}{more}. Pass "
                 f"find_unused_parameters=True to DistributedDataParallel if parts of the model are unused, "
                 f"or make sure every parameter takes part in the loss"
             )
-        self._engine.wait_all()
+            raise RuntimeError(self._failed)
+        try:
+            self._engine.wait_all()
+        except RuntimeError as e:
+            self._failed = str(e)
+            raise
         self._sync_this_iteration = False
+        self._awaiting_forward = True
         if not self._has_optimizer:
             self._engine.post_optimizer_step_hook()
 

@@ -129,10 +129,9 @@ class EmulatedCluster:
         self.teardown()
 
     def _on_signal(self, signum, frame):
-        self.teardown()
-        previous = self._previous_handlers.get(signum)
-        if callable(previous):
-            previous(signum, frame)
+        # Unwinding through __exit__ tears down, after the code inside the
+        # `with` has stopped what it runs in the namespaces (atexit remains
+        # the backstop).
         raise KeyboardInterrupt(f"signal {signum}")
 
     def _build(self) -> None:
@@ -181,19 +180,26 @@ def main(argv=None) -> int:
         if not command:
             ap.error("give a command after --")
         rates = parse_rates(args.bandwidth_mbit, args.world_size)
-        procs: list[subprocess.Popen] = []
-        try:
-            with EmulatedCluster(args.world_size, rates) as cluster:
+        with EmulatedCluster(args.world_size, rates) as cluster:
+            procs: list[subprocess.Popen] = []
+            try:
                 for rank, (ns, addr) in enumerate(zip(cluster.namespaces, cluster.addresses)):
                     env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(args.world_size), BAGUA_NETNS_ADDR=addr,
                                GLOO_SOCKET_IFNAME=cluster.ifname, MASTER_ADDR=cluster.addresses[0])
-                    procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *command], env=env))
-                return max(p.wait() for p in procs)
-        finally:
-            for p in procs:  # interrupted: nothing may keep running in a removed namespace
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+                    # Own session: killing the group reaches grandchildren too.
+                    procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *command], env=env,
+                                                  start_new_session=True))
+                codes = [p.wait() for p in procs]
+                return next((c if c > 0 else 128 - c for c in codes if c != 0), 0)
+            finally:
+                # Before the namespaces go: nothing may keep running in one.
+                for p in procs:
+                    if p.poll() is None:
+                        try:
+                            os.killpg(p.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                        p.wait()
     except (NetemUnavailable, ValueError) as e:
         print(f"cluster: {e}", file=sys.stderr)
         return 2

@@ -83,11 +83,11 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allreduce(std::vector<at::Tens
   const at::Tensor t = tensors.front();
   const DType dtype = *to_dtype(t.scalar_type());
   const ReduceOp op = *to_bagua_op(opts.reduceOp);
+  // Sequence number and submission under one lock: all-reduces issued from
+  // several threads still reach the ring thread in tag order.
+  std::lock_guard lock(mu_);
   const Tag tag = kBackendTagBase + (ring_seq_++ % kBackendTagSpan);
-  {
-    std::lock_guard lock(mu_);
-    last_ring_work_ = work;
-  }
+  last_ring_work_ = work;
   thread_->submit([comm = cpu_comm_, work, t, dtype, op, tag, ring_opts = options_.ring] {
     std::exception_ptr error;
     try {
@@ -105,7 +105,7 @@ void ProcessGroupBagua::drain_ring_work() {
   c10::intrusive_ptr<RingWork> last;
   {
     std::lock_guard lock(mu_);
-    last = last_ring_work_;
+    last.swap(last_ring_work_);  // a failure is reported once, not by every later barrier
   }
   // The thread runs jobs in order, so the last one finishing means all have.
   if (last) last->wait(options_.timeout);

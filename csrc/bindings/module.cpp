@@ -2,6 +2,8 @@
 // pybind11; it maps project errors to Python exceptions (RuntimeError
 // subclasses with the same message).
 #include <fmt/format.h>
+
+#include <cmath>
 #include <pybind11/chrono.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -28,7 +30,9 @@ DType dtype_of(const at::Tensor& t) {
 }
 
 std::chrono::milliseconds to_ms(double seconds) {
-  if (!(seconds > 0)) throw InvalidArgument(fmt::format("timeout must be positive, got {} s", seconds));
+  if (!(seconds > 0) || !std::isfinite(seconds) || seconds > 1e9) {
+    throw InvalidArgument(fmt::format("timeout must be a positive, finite number of seconds, got {}", seconds));
+  }
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0));
 }
 
@@ -102,13 +106,14 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
       .def(py::init([](std::shared_ptr<Communicator> comm, const std::string& spec, std::vector<long long> host_keys,
-                       double timeout_s, int lanes) {
+                       double timeout_s, int lanes, int tag_slot) {
              auto algo = AlgorithmRegistry::instance().create(
                  spec, WorldInfo{comm->rank(), comm->size(), std::move(host_keys)});
              return std::make_shared<Engine>(std::move(comm), std::shared_ptr<Algorithm>(std::move(algo)),
-                                             to_ms(timeout_s), lanes);
+                                             to_ms(timeout_s), lanes, tag_slot);
            }),
-           py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"), py::arg("lanes") = 2)
+           py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"), py::arg("lanes") = 2,
+           py::arg("tag_slot") = 0)
       .def_property_readonly("spec", [](Engine& e) { return e.algorithm().spec(); })
       .def_property("step", &Engine::step, &Engine::set_step)
       .def(

@@ -7,17 +7,22 @@
 namespace bagua {
 namespace {
 // Tags of engine operations live in their own range so they never match the
-// messages of the backend's own collectives on a shared transport.
+// messages of the backend's own collectives on a shared transport; each
+// engine slot gets its own 2^20 tags of it, so two wrapped models (a GAN's
+// generator and discriminator) never match each other's messages.
 constexpr Tag kEngineTagBase = 1u << 24;
-constexpr Tag kEngineTagSpan = 1u << 24;
+constexpr Tag kEngineTagsPerEngine = 1u << 20;
+constexpr int kEngineSlots = 16;
 }  // namespace
 
 Engine::Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout,
-               int lanes)
+               int lanes, int tag_slot)
     : comm_(std::move(comm)), algorithm_(std::move(algorithm)), timeout_(timeout) {
   if (!comm_ || !algorithm_) throw InvalidArgument("Engine needs a communicator and an algorithm");
   if (lanes < 1 || lanes > 16) throw InvalidArgument(fmt::format("lanes must be in [1, 16], got {}", lanes));
   watchdog_ = std::make_shared<Watchdog>(comm_->rank());
+  if (tag_slot < 0) throw InvalidArgument(fmt::format("tag_slot must be non-negative, got {}", tag_slot));
+  tag_base_ = kEngineTagBase + static_cast<Tag>(tag_slot % kEngineSlots) * kEngineTagsPerEngine;
   for (int i = 0; i < lanes; ++i) lanes_.push_back(std::make_unique<CommThread>());
 }
 
@@ -69,7 +74,7 @@ std::vector<std::size_t> Engine::unready_tensors() const {
 void Engine::launch(std::size_t b) {
   const BucketSpec& spec = buckets_[b];
   const BucketView view{static_cast<int>(b), spec.data, spec.count, spec.dtype};
-  const Tag tag = kEngineTagBase + (op_seq_++ % kEngineTagSpan);
+  const Tag tag = tag_base_ + (op_seq_++ % kEngineTagsPerEngine);
   const std::size_t ticket = watchdog_->add(fmt::format(
       "{} on bucket {} ({} x {}, step {})", algorithm_->spec(), b, spec.count, dtype_name(spec.dtype), step_));
   const std::size_t lanes = algorithm_->buckets_may_overlap() ? lanes_.size() : 1;

@@ -27,8 +27,10 @@ class Engine {
   // so each lane sees the same sequence of operations on every rank, while
   // latency-bound operations of different buckets overlap. Algorithms whose
   // buckets must not overlap (Algorithm::buckets_may_overlap) use lane 0.
+  // `tag_slot` picks this engine's range of message tags: engines sharing a
+  // transport need different slots, numbered the same way on every rank.
   Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout,
-         int lanes = 2);
+         int lanes = 2, int tag_slot = 0);
 
   void set_buckets(std::vector<BucketSpec> buckets, std::size_t num_tensors);
 
@@ -65,6 +67,7 @@ class Engine {
   std::vector<bool> ready_;        // tensor -> marked this iteration
   std::vector<std::size_t> pending_;  // bucket -> tensors not yet ready
   std::size_t next_launch_ = 0;
+  Tag tag_base_ = 0;
   std::uint32_t op_seq_ = 0;
   std::uint64_t step_ = 0;
 

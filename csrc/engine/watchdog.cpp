@@ -8,6 +8,7 @@ namespace bagua {
 
 std::size_t Watchdog::add(std::string label) {
   std::lock_guard lock(mu_);
+  if (!failure_.empty()) throw Error(fmt::format("communication failed earlier, nothing more can run: {}", failure_));
   Op op;
   op.label = std::move(label);
   ops_.push_back(std::move(op));
@@ -35,8 +36,15 @@ bool Watchdog::idle() {
   return true;
 }
 
+void Watchdog::fail(std::string message, bool timeout) {
+  failure_ = message;
+  if (timeout) throw TimeoutError(message);
+  throw Error(message);
+}
+
 void Watchdog::wait_all(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
+  if (!failure_.empty()) throw Error(fmt::format("communication failed earlier: {}", failure_));
   // An operation queued behind a slow one has not started, so its own clock
   // has not started either; this wait also bounds the queueing itself.
   const auto wait_started = Clock::now();
@@ -45,15 +53,12 @@ void Watchdog::wait_all(std::chrono::milliseconds timeout) {
     bool all_done = true;
     for (const auto& op : ops_) {
       if (op.done && op.error) {
-        std::exception_ptr error = op.error;
-        const std::string label = op.label;
-        ops_.clear();
         try {
-          std::rethrow_exception(error);
+          std::rethrow_exception(op.error);
         } catch (const TimeoutError& e) {
-          throw TimeoutError(fmt::format("rank {}: {} timed out: {}", rank_, label, e.what()));
+          fail(fmt::format("rank {}: {} timed out: {}", rank_, op.label, e.what()), true);
         } catch (const std::exception& e) {
-          throw Error(fmt::format("rank {}: {} failed: {}", rank_, label, e.what()));
+          fail(fmt::format("rank {}: {} failed: {}", rank_, op.label, e.what()), false);
         }
       }
       if (!op.done) {
@@ -74,9 +79,9 @@ void Watchdog::wait_all(std::chrono::milliseconds timeout) {
           if (!op.done) { stuck = &op; break; }
         }
       }
-      throw TimeoutError(fmt::format(
-          "rank {}: {} did not finish within {:.1f} s; a peer is dead or stalled (check the other ranks' logs), "
-          "or raise the timeout", rank_, stuck->label, timeout.count() / 1000.0));
+      fail(fmt::format("rank {}: {} did not finish within {:.1f} s; a peer is dead or stalled (check the other "
+                       "ranks' logs), or raise the timeout", rank_, stuck->label, timeout.count() / 1000.0),
+           true);
     }
     cv_.wait_until(lock, clock_start + timeout);
   }

@@ -20,7 +20,9 @@ class Watchdog {
 
   explicit Watchdog(int rank) : rank_(rank) {}
 
-  // Registers an operation; returns its ticket.
+  // Registers an operation; returns its ticket. Throws once an earlier
+  // operation failed or timed out: a communicator that lost a peer or a
+  // message cannot be trusted with the next one.
   std::size_t add(std::string label);
   // Called by the worker around the operation's run.
   void started(std::size_t ticket);
@@ -28,7 +30,8 @@ class Watchdog {
 
   // Waits until every registered operation has finished, or until one has run
   // longer than `timeout`. Rethrows the first failure with its label. Clears
-  // the list when all succeeded.
+  // the list only when all succeeded: after a failure, operations of other
+  // buckets may still be running and will report to their tickets.
   void wait_all(std::chrono::milliseconds timeout);
 
   bool idle();
@@ -41,7 +44,10 @@ class Watchdog {
     std::exception_ptr error;
   };
 
+  [[noreturn]] void fail(std::string message, bool timeout);  // with mu_ held
+
   const int rank_;
+  std::string failure_;  // set once; every later add/wait_all reports it
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Op> ops_;

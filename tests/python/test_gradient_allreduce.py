@@ -127,3 +127,63 @@ def test_unused_parameters_without_flag_are_named():
     for r in results:
         assert not r.ok
         assert "unused.weight" in r.error and "find_unused_parameters=True" in r.error
+
+
+def _edge_cases(rank, world):
+    out = {}
+    # Two wrapped models in one backward (a GAN's generator and discriminator):
+    # their engines share the transport and must not take each other's messages.
+    torch.manual_seed(0)
+    gen = bagua_ravnest.DistributedDataParallel(torch.nn.Linear(6, 6), bucket_cap_mb=0.0001)
+    disc = bagua_ravnest.DistributedDataParallel(torch.nn.Linear(6, 1), bucket_cap_mb=0.0001)
+    x = torch.full((3, 6), float(rank + 1))
+    disc(gen(x)).sum().backward()
+    grads = torch.cat([p.grad.flatten() for p in list(gen.parameters()) + list(disc.parameters())])
+    everyone = [torch.empty_like(grads) for _ in range(world)]
+    dist.all_gather(everyone, grads)
+    out["replicas_equal"] = all(torch.equal(everyone[0], g) for g in everyone)
+
+    # An evaluation forward between a training forward and its backward.
+    model = bagua_ravnest.DistributedDataParallel(torch.nn.Linear(4, 1))
+    loss = model(torch.full((2, 4), float(rank))).sum()
+    with torch.no_grad():
+        model(torch.ones(1, 4))
+    loss.backward()
+    out["synced_after_eval"] = model.module.weight.grad.tolist()
+
+    # A second backward after one forward is refused, not silently unsynced.
+    loss = model(torch.ones(2, 4)).sum()
+    loss.backward(retain_graph=True)
+    try:
+        loss.backward()
+        out["second_backward"] = "no error"
+    except RuntimeError as e:
+        out["second_backward"] = str(e)
+
+    # find_unused_parameters keeps what no_sync() accumulated for a
+    # parameter that the synchronized step does not use.
+    class Branches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = torch.nn.Linear(2, 1, bias=False)
+            self.b = torch.nn.Linear(2, 1, bias=False)
+
+        def forward(self, x, use_b):
+            return self.a(x) + (self.b(x) if use_b else 0)
+
+    m = bagua_ravnest.DistributedDataParallel(Branches(), find_unused_parameters=True)
+    with m.no_sync():
+        m(torch.ones(1, 2), True).sum().backward()  # b.grad = [1, 1] locally
+    m(torch.ones(1, 2), False).sum().backward()  # b unused now: its accumulation is averaged
+    out["accumulated_b"] = m.module.b.weight.grad.tolist()
+    return out
+
+
+def test_edge_cases_found_in_review():
+    for out in values(run_world(_edge_cases, 2)):
+        assert out["replicas_equal"]
+        # rank r's input is r: the mean gradient over ranks 0 and 1 is 0.5 * 2 rows.
+        assert out["synced_after_eval"] == [[1.0, 1.0, 1.0, 1.0]]
+        assert "backward ran twice" in out["second_backward"]
+        assert out["accumulated_b"] == [[1.0, 1.0]]

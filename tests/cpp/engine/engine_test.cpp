@@ -99,6 +99,14 @@ TEST(Engine, DeadPeerBecomesTimeoutNamingRankOpAndBucket) {
     EXPECT_NE(msg.find("gradient_allreduce"), std::string::npos) << msg;
     EXPECT_NE(msg.find("bucket 0"), std::string::npos) << msg;
   }
+  // The failure sticks: the next iteration is refused with the first error
+  // instead of reusing a transport that lost a peer.
+  try {
+    engine.wait_all();
+    FAIL() << "expected the earlier failure";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("failed earlier"), std::string::npos) << e.what();
+  }
 }
 
 namespace {
