@@ -35,8 +35,6 @@ class ProcessGroupBagua final : public c10d::Backend {
   const BackendOptions& options() const { return options_; }
   // The inner backend for a device type ("cpu" or "cuda").
   c10::intrusive_ptr<c10d::Backend> inner(c10::DeviceType device) const;
-  // A communicator over the CPU inner backend, shared with the DDP engine.
-  std::shared_ptr<C10dCommunicator> cpu_communicator() const { return cpu_comm_; }
 
   c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& tensors,
                                            const c10d::AllreduceOptions& opts = c10d::AllreduceOptions()) override;

@@ -75,10 +75,7 @@ PYBIND11_MODULE(_C, m) {
            py::arg("rank"), py::arg("size"), py::arg("cpu_inner"), py::arg("cuda_inner"), py::arg("ring_allreduce"),
            py::arg("ring_chunk_bytes"), py::arg("timeout_s"))
       .def_property_readonly("ring_allreduce", [](const ProcessGroupBagua& pg) { return pg.options().ring_allreduce; })
-      .def("inner_cpu", [](const ProcessGroupBagua& pg) { return pg.inner(c10::kCPU); })
-      .def("communicator", [](const ProcessGroupBagua& pg) -> std::shared_ptr<Communicator> {
-        return pg.cpu_communicator();
-      });
+      .def("inner_cpu", [](const ProcessGroupBagua& pg) { return pg.inner(c10::kCPU); });
 
   m.def("algorithm_names", [] { return AlgorithmRegistry::instance().names(); });
   m.def("algorithm_info", [](const std::string& name) {

@@ -22,7 +22,6 @@ class C10dCommunicator final : public Communicator {
   RequestPtr broadcast(void* data, std::size_t bytes, int root) override;
   RequestPtr barrier() override;
 
-  const c10::intrusive_ptr<c10d::Backend>& backend() const { return backend_; }
 
  private:
   at::Tensor wrap(const void* data, std::size_t count, at::ScalarType type) const;

@@ -51,7 +51,6 @@ class Engine {
   void set_step(std::uint64_t step) { step_ = step; }
 
   Algorithm& algorithm() { return *algorithm_; }
-  Communicator& communicator() { return *comm_; }
 
  private:
   void launch(std::size_t bucket);  // with mu_ held
