@@ -53,19 +53,11 @@ def _timeout_seconds(timeout) -> float:
     return float(timeout)
 
 
-def _create(dist_options, pg_options):
-    store = dist_options.store
-    rank, size = dist_options.group_rank, dist_options.group_size
-    timeout = dist_options.timeout
-    if pg_options is not None and not isinstance(pg_options, BackendOptions):
-        raise TypeError(
-            f"bagua backend: pg_options must be bagua_ravnest.BackendOptions, got {type(pg_options).__name__}"
-        )
-    options = (pg_options or BackendOptions()).resolved()
+def _make_backend(store, rank: int, size: int, timeout: datetime.timedelta, options: BackendOptions, cuda: bool):
     # Separate key spaces in the store for each inner backend.
     cpu_inner = dist.ProcessGroupGloo(dist.PrefixStore("bagua/gloo/", store), rank, size, timeout)
     cuda_inner = None
-    if torch.cuda.is_available() and dist.is_nccl_available():
+    if cuda and torch.cuda.is_available() and dist.is_nccl_available():
         nccl_options = dist.ProcessGroupNCCL.Options()
         nccl_options._timeout = timeout
         cuda_inner = dist.ProcessGroupNCCL(dist.PrefixStore("bagua/nccl/", store), rank, size, nccl_options)
@@ -77,6 +69,41 @@ def _create(dist_options, pg_options):
         options.allreduce == "ring",
         options.ring_chunk_bytes,
         _timeout_seconds(timeout),
+    )
+
+
+def _create(dist_options, pg_options):
+    if pg_options is not None and not isinstance(pg_options, BackendOptions):
+        raise TypeError(
+            f"bagua backend: pg_options must be bagua_ravnest.BackendOptions, got {type(pg_options).__name__}"
+        )
+    options = (pg_options or BackendOptions()).resolved()
+    return _make_backend(
+        dist_options.store, dist_options.group_rank, dist_options.group_size, dist_options.timeout, options, cuda=True
+    )
+
+
+# Private backends made so far per process group name: the n-th one of a
+# group meets the n-th one of the same group on the other ranks.
+_private_counts: dict[str, int] = {}
+
+
+def private_backend(process_group, timeout_s: float):
+    """A bagua backend over the ranks of ``process_group`` with its own
+    connections, for one DDP wrapper's engine.
+
+    Owning its transport means the engine's messages and inner collectives
+    can never interleave with the user's collectives, with another wrapper's
+    engine, or with a send/recv whose tag happens to match. Every rank of
+    the group must call this in the same order (as constructing DDP is).
+    """
+    name = process_group.group_name
+    n = _private_counts.get(name, 0)
+    _private_counts[name] = n + 1
+    store = dist.PrefixStore(f"bagua/private/{name}/{n}/", dist.distributed_c10d._get_default_store())
+    timeout = datetime.timedelta(seconds=timeout_s)
+    return _make_backend(
+        store, dist.get_rank(process_group), process_group.size(), timeout, BackendOptions().resolved(), cuda=False
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import itertools
 import os
 import socket
 import zlib
@@ -23,14 +22,12 @@ from torch import nn
 
 from . import _C
 from .algorithms import resolve_algorithm
+from .backend import private_backend
 
 # DDP's first bucket is small so that communication starts early.
 _FIRST_BUCKET_MB = 1.0
 _SPEC_BYTES = 512  # room for an algorithm spec or an error message in the start-up check
 _DEFAULT_TIMEOUT_S = 300.0
-# Engines sharing a transport need distinct message tags; wrappers are
-# numbered in construction order, which every rank of a job follows alike.
-_engine_slots = itertools.count()
 
 
 def _timeout_seconds(timeout) -> float:
@@ -41,19 +38,13 @@ def _timeout_seconds(timeout) -> float:
     return float(timeout)
 
 
-def _communicator_for(process_group, timeout_s: float):
-    backend = process_group._get_backend(torch.device("cpu"))
-    if isinstance(backend, _C.ProcessGroupBagua):
-        # Over the same inner Gloo, but with this wrapper's timeout rather than
-        # the process group's (30 minutes by default).
-        return _C.c10d_communicator(backend.inner_cpu(), timeout_s)
+def _check_backend(process_group) -> None:
     name = dist.get_backend(process_group)
-    if name == "gloo":
-        return _C.c10d_communicator(backend, timeout_s)
-    raise ValueError(
-        f"bagua_ravnest.DistributedDataParallel needs a process group of backend 'bagua' or 'gloo', "
-        f"got {name!r}; call dist.init_process_group('bagua') (after `import bagua_ravnest`)"
-    )
+    if name not in ("bagua", "gloo"):
+        raise ValueError(
+            f"bagua_ravnest.DistributedDataParallel needs a process group of backend 'bagua' or 'gloo', "
+            f"got {name!r}; call dist.init_process_group('bagua') (after `import bagua_ravnest`)"
+        )
 
 
 def _all_gather_flat(out: torch.Tensor, mine: torch.Tensor, group) -> None:
@@ -165,6 +156,7 @@ class DistributedDataParallel(nn.Module):
         self._param_names = [n for n, _ in named]
         self._params = [p for _, p in named]
 
+        _check_backend(self.process_group)
         self._group_ranks = dist.get_process_group_ranks(self.process_group)
         self._rank = dist.get_rank(self.process_group)
         self._world = dist.get_world_size(self.process_group)
@@ -179,13 +171,14 @@ class DistributedDataParallel(nn.Module):
         # Two lanes let two buckets' latency-bound operations overlap (as
         # Gloo's two worker threads do for torch DDP); see docs/engine.md.
         lanes = int(os.environ.get("BAGUA_COMM_LANES", 2))
+        # The engine talks over its own connections (see private_backend).
+        self._transport = private_backend(self.process_group, self._timeout_s)
         self._engine = _C.Engine(
-            _communicator_for(self.process_group, self._timeout_s),
+            _C.c10d_communicator(self._transport.inner_cpu(), self._timeout_s),
             self.algorithm,
             self._host_keys,
             self._timeout_s,
             lanes,
-            next(_engine_slots),
         )
         self._engine.set_buckets([(b, idx) for b, idx in zip(self._buckets, self._bucket_members)], len(self._params))
         self._hooks = [

@@ -3,14 +3,19 @@
 #include <fmt/format.h>
 
 #include "backend/scalar_type.hpp"
+#include "comm/tags.hpp"
 #include "core/error.hpp"
 
 namespace bagua {
 namespace {
-// The backend's ring messages use their own tag range (the DDP engine uses
-// 1 << 24 and up), so they never match a user's send/recv or an engine op.
-constexpr Tag kBackendTagBase = 2u << 24;
-constexpr Tag kBackendTagSpan = 1u << 24;
+void check_user_tag(int tag) {
+  if (tag < 0 || static_cast<Tag>(tag) >= tags::kUserLimit) {
+    throw InvalidArgument(fmt::format(
+        "bagua backend: send/recv tag {} is out of range; use a tag in [0, {}) (larger tags are reserved for "
+        "bagua's own messages)",
+        tag, tags::kUserLimit));
+  }
+}
 
 std::optional<ReduceOp> to_bagua_op(const c10d::ReduceOp& op) {
   switch (op.op_) {
@@ -86,18 +91,23 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allreduce(std::vector<at::Tens
   // Sequence number and submission under one lock: all-reduces issued from
   // several threads still reach the ring thread in tag order.
   std::lock_guard lock(mu_);
-  const Tag tag = kBackendTagBase + (ring_seq_++ % kBackendTagSpan);
+  const Tag tag = tags::kBackendBase + (ring_seq_++ % tags::kSpan);
   last_ring_work_ = work;
-  thread_->submit([comm = cpu_comm_, work, t, dtype, op, tag, ring_opts = options_.ring] {
-    std::exception_ptr error;
-    try {
-      ring_allreduce(*comm, Ring::natural(comm->size()), t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype,
-                     op, tag, ring_opts);
-    } catch (...) {
-      error = std::current_exception();
-    }
-    work->complete(error);
-  });
+  thread_->submit(
+      [comm = cpu_comm_, work, t, dtype, op, tag, ring_opts = options_.ring] {
+        std::exception_ptr error;
+        try {
+          ring_allreduce(*comm, Ring::natural(comm->size()), t.data_ptr(), static_cast<std::size_t>(t.numel()),
+                         dtype, op, tag, ring_opts);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        work->complete(error);
+      },
+      [work, rank = getRank()] {
+        work->complete(std::make_exception_ptr(
+            Error(fmt::format("rank {}: the bagua process group was destroyed before this all-reduce ran", rank))));
+      });
   return work;
 }
 
@@ -196,14 +206,17 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::alltoall(std::vector<at::Tenso
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::send(std::vector<at::Tensor>& tensors, int dst_rank, int tag) {
+  check_user_tag(tag);
   return route(tensors).send(tensors, dst_rank, tag);
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::recv(std::vector<at::Tensor>& tensors, int src_rank, int tag) {
+  check_user_tag(tag);
   return route(tensors).recv(tensors, src_rank, tag);
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::recvAnysource(std::vector<at::Tensor>& tensors, int tag) {
+  check_user_tag(tag);
   return route(tensors).recvAnysource(tensors, tag);
 }
 

@@ -103,14 +103,13 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
       .def(py::init([](std::shared_ptr<Communicator> comm, const std::string& spec, std::vector<long long> host_keys,
-                       double timeout_s, int lanes, int tag_slot) {
+                       double timeout_s, int lanes) {
              auto algo = AlgorithmRegistry::instance().create(
                  spec, WorldInfo{comm->rank(), comm->size(), std::move(host_keys)});
              return std::make_shared<Engine>(std::move(comm), std::shared_ptr<Algorithm>(std::move(algo)),
-                                             to_ms(timeout_s), lanes, tag_slot);
+                                             to_ms(timeout_s), lanes);
            }),
-           py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"), py::arg("lanes") = 2,
-           py::arg("tag_slot") = 0)
+           py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"), py::arg("lanes") = 2)
       .def_property_readonly("spec", [](Engine& e) { return e.algorithm().spec(); })
       .def_property("step", &Engine::step, &Engine::set_step)
       .def(
@@ -122,7 +121,9 @@ PYBIND11_MODULE(_C, m) {
               if (!t.is_contiguous() || !t.device().is_cpu()) {
                 throw InvalidArgument("bucket buffers must be contiguous CPU tensors");
               }
-              specs.push_back({t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype_of(t), members});
+              // The job holds its own reference to the bucket tensor's storage.
+              specs.push_back({t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype_of(t), members,
+                               std::make_shared<at::Tensor>(t)});
             }
             e.set_buckets(std::move(specs), num_tensors);
           },

@@ -7,9 +7,16 @@ namespace bagua {
 CommThread::CommThread() : shared_(std::make_shared<Shared>()), thread_(&CommThread::run, shared_) {}
 
 CommThread::~CommThread() {
+  std::deque<Job> dropped;
   std::unique_lock lock(shared_->mu);
   shared_->stopping = true;
+  dropped.swap(shared_->jobs);
   shared_->cv.notify_all();
+  lock.unlock();
+  for (auto& job : dropped) {
+    if (job.on_drop) job.on_drop();
+  }
+  lock.lock();
   // Jobs catch their own exceptions and every wait inside them is bounded,
   // so a healthy thread exits promptly; one still stuck is left to finish on
   // its own (it owns `shared_`), never blocking interpreter shutdown.
@@ -22,9 +29,9 @@ CommThread::~CommThread() {
   }
 }
 
-void CommThread::submit(std::function<void()> job) {
+void CommThread::submit(std::function<void()> job, std::function<void()> on_drop) {
   std::lock_guard lock(shared_->mu);
-  shared_->jobs.push_back(std::move(job));
+  shared_->jobs.push_back(Job{std::move(job), std::move(on_drop)});
   shared_->cv.notify_all();
 }
 
@@ -32,13 +39,11 @@ void CommThread::run(std::shared_ptr<Shared> shared) {
   std::unique_lock lock(shared->mu);
   for (;;) {
     shared->cv.wait(lock, [&] { return shared->stopping || !shared->jobs.empty(); });
-    // Jobs still queued at shutdown belong to an engine that is going away;
-    // their buffers may already be freed, so they are dropped, not run.
     if (shared->stopping) break;
     auto job = std::move(shared->jobs.front());
     shared->jobs.pop_front();
     lock.unlock();
-    job();
+    job.run();
     lock.lock();
   }
   shared->exited = true;

@@ -2,27 +2,16 @@
 
 #include <fmt/format.h>
 
+#include "comm/tags.hpp"
 #include "core/error.hpp"
 
 namespace bagua {
-namespace {
-// Tags of engine operations live in their own range so they never match the
-// messages of the backend's own collectives on a shared transport; each
-// engine slot gets its own 2^20 tags of it, so two wrapped models (a GAN's
-// generator and discriminator) never match each other's messages.
-constexpr Tag kEngineTagBase = 1u << 24;
-constexpr Tag kEngineTagsPerEngine = 1u << 20;
-constexpr int kEngineSlots = 16;
-}  // namespace
-
 Engine::Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout,
-               int lanes, int tag_slot)
+               int lanes)
     : comm_(std::move(comm)), algorithm_(std::move(algorithm)), timeout_(timeout) {
   if (!comm_ || !algorithm_) throw InvalidArgument("Engine needs a communicator and an algorithm");
   if (lanes < 1 || lanes > 16) throw InvalidArgument(fmt::format("lanes must be in [1, 16], got {}", lanes));
   watchdog_ = std::make_shared<Watchdog>(comm_->rank());
-  if (tag_slot < 0) throw InvalidArgument(fmt::format("tag_slot must be non-negative, got {}", tag_slot));
-  tag_base_ = kEngineTagBase + static_cast<Tag>(tag_slot % kEngineSlots) * kEngineTagsPerEngine;
   for (int i = 0; i < lanes; ++i) lanes_.push_back(std::make_unique<CommThread>());
 }
 
@@ -74,22 +63,27 @@ std::vector<std::size_t> Engine::unready_tensors() const {
 void Engine::launch(std::size_t b) {
   const BucketSpec& spec = buckets_[b];
   const BucketView view{static_cast<int>(b), spec.data, spec.count, spec.dtype};
-  const Tag tag = tag_base_ + (op_seq_++ % kEngineTagsPerEngine);
+  const Tag tag = tags::kEngineBase + (op_seq_++ % tags::kSpan);
   const std::size_t ticket = watchdog_->add(fmt::format(
       "{} on bucket {} ({} x {}, step {})", algorithm_->spec(), b, spec.count, dtype_name(spec.dtype), step_));
   const std::size_t lanes = algorithm_->buckets_may_overlap() ? lanes_.size() : 1;
-  lanes_[b % lanes]->submit([comm = comm_, algorithm = algorithm_, watchdog = watchdog_, view, tag, ticket,
-                   step = step_] {
-    watchdog->started(ticket);
-    std::exception_ptr error;
-    try {
-      StepContext ctx{*comm, step, tag};
-      algorithm->on_bucket_ready(view, ctx);
-    } catch (...) {
-      error = std::current_exception();
-    }
-    watchdog->finished(ticket, error);
-  });
+  lanes_[b % lanes]->submit(
+      [comm = comm_, algorithm = algorithm_, watchdog = watchdog_, owner = spec.owner, view, tag, ticket,
+       step = step_] {
+        watchdog->started(ticket);
+        std::exception_ptr error;
+        try {
+          StepContext ctx{*comm, step, tag};
+          algorithm->on_bucket_ready(view, ctx);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        watchdog->finished(ticket, error);
+      },
+      [watchdog = watchdog_, ticket, b] {
+        watchdog->finished(ticket, std::make_exception_ptr(Error(fmt::format(
+                                       "bucket {}: the engine was destroyed before its operation ran", b))));
+      });
 }
 
 void Engine::wait_all() {

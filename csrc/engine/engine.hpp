@@ -15,10 +15,14 @@
 namespace bagua {
 
 struct BucketSpec {
-  void* data = nullptr;  // flat buffer, owned by the caller, outlives the engine's use
+  void* data = nullptr;  // flat buffer
   std::size_t count = 0;
   DType dtype = DType::F32;
   std::vector<std::size_t> tensors;  // indices of the tensors laid out in it
+  // Keeps `data` alive while an operation on it runs: a job stuck past the
+  // engine's destruction still writes into valid memory. May be null when
+  // the caller guarantees the lifetime (tests).
+  std::shared_ptr<void> owner;
 };
 
 class Engine {
@@ -27,10 +31,11 @@ class Engine {
   // so each lane sees the same sequence of operations on every rank, while
   // latency-bound operations of different buckets overlap. Algorithms whose
   // buckets must not overlap (Algorithm::buckets_may_overlap) use lane 0.
-  // `tag_slot` picks this engine's range of message tags: engines sharing a
-  // transport need different slots, numbered the same way on every rank.
+  // The engine should own its transport (see bagua_ravnest/backend.py's
+  // private_backend): operations of two engines on one transport could be
+  // issued in different orders on different ranks.
   Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout,
-         int lanes = 2, int tag_slot = 0);
+         int lanes = 2);
 
   void set_buckets(std::vector<BucketSpec> buckets, std::size_t num_tensors);
 
@@ -66,7 +71,6 @@ class Engine {
   std::vector<bool> ready_;        // tensor -> marked this iteration
   std::vector<std::size_t> pending_;  // bucket -> tensors not yet ready
   std::size_t next_launch_ = 0;
-  Tag tag_base_ = 0;
   std::uint32_t op_seq_ = 0;
   std::uint64_t step_ = 0;
 

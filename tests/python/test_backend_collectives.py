@@ -184,3 +184,30 @@ def _bad_option(rank, world):
 def test_bad_backend_option_is_explained():
     results = run_world(_bad_option, 2)
     assert all(not r.ok and "ring, inner" in r.error for r in results)
+
+
+def _reserved_tag(rank, world):
+    t = torch.zeros(4)
+    ok = []
+    # A tag in the user range works...
+    if rank == 0:
+        dist.send(t + 1, dst=1, tag=(1 << 24) - 1)
+    else:
+        dist.recv(t, src=0, tag=(1 << 24) - 1)
+        ok.append(t[0].item())
+    # ...one in bagua's own range is refused before anything is sent.
+    try:
+        if rank == 0:
+            dist.send(t, dst=1, tag=1 << 25)
+        else:
+            dist.recv(t, src=0, tag=1 << 25)
+    except Exception as e:  # noqa: BLE001 - the message is what is checked
+        return ok, str(e)
+    return ok, ""
+
+
+def test_send_recv_tags_in_the_reserved_range_are_refused():
+    out = values(run_world(_reserved_tag, 2))
+    assert out[1][0] == [1.0]
+    for _, message in out:
+        assert "out of range" in message and "[0, 16777216)" in message

@@ -1,0 +1,19 @@
+// How the 32-bit message tag space is shared on one transport, so that the
+// messages of different users of one inner backend never match each other.
+#pragma once
+
+#include "comm/communicator.hpp"
+
+namespace bagua::tags {
+
+// torch users' send/recv on a "bagua" group: [0, 2^24).
+constexpr Tag kUserLimit = 1u << 24;
+// A DDP engine's bucket operations: [2^24, 2^25).
+constexpr Tag kEngineBase = 1u << 24;
+// The backend's ring all-reduce: [2^25, 2^25 + 2^24).
+constexpr Tag kBackendBase = 2u << 24;
+// Each range wraps around after this many operations; operations that far
+// apart are never in flight together.
+constexpr Tag kSpan = 1u << 24;
+
+}  // namespace bagua::tags
