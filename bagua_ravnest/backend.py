@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import secrets
+import socket
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -29,10 +32,17 @@ class BackendOptions:
         Gloo/NCCL backend's own). Default from ``BAGUA_ALLREDUCE``.
     ring_chunk_bytes: pipelining unit of the ring. Default from
         ``BAGUA_RING_CHUNK_BYTES`` or 2 MiB.
+    shm: send to ranks of the same host through shared memory rather than
+        loopback TCP. Default from ``BAGUA_SHM`` (1, 0) or on.
+    shm_bytes: ring buffer size of each shared-memory channel (one per
+        ordered pair of same-host ranks). Default from ``BAGUA_SHM_BYTES``
+        or 1 MiB.
     """
 
     allreduce: str | None = None
     ring_chunk_bytes: int | None = None
+    shm: bool | None = None
+    shm_bytes: int | None = None
 
     def resolved(self) -> "BackendOptions":
         allreduce = self.allreduce or os.environ.get("BAGUA_ALLREDUCE", "ring")
@@ -44,13 +54,80 @@ class BackendOptions:
         chunk = self.ring_chunk_bytes or int(os.environ.get("BAGUA_RING_CHUNK_BYTES", 2 << 20))
         if chunk <= 0:
             raise ValueError(f"bagua backend: ring_chunk_bytes must be positive, got {chunk}")
-        return BackendOptions(allreduce, chunk)
+        shm = self.shm
+        if shm is None:
+            flag = os.environ.get("BAGUA_SHM", "1")
+            if flag not in ("0", "1"):
+                raise ValueError(f"bagua backend: BAGUA_SHM must be 0 or 1, got {flag!r}")
+            shm = flag == "1"
+        shm_bytes = self.shm_bytes or int(os.environ.get("BAGUA_SHM_BYTES", 1 << 20))
+        if shm_bytes < 4096:
+            raise ValueError(f"bagua backend: shm_bytes must be at least 4096, got {shm_bytes}")
+        return BackendOptions(allreduce, chunk, shm, shm_bytes)
 
 
 def _timeout_seconds(timeout) -> float:
     if isinstance(timeout, datetime.timedelta):
         return timeout.total_seconds()
     return float(timeout)
+
+
+def host_identity() -> str:
+    """Ranks with equal identities can share memory: one kernel (boot id),
+    one /dev/shm, and one network namespace, so that the ranks of an
+    emulated cluster (benchmarks/netem: one namespace per rank) keep talking
+    over their shaped links."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    shm = os.stat("/dev/shm")
+    net = os.stat("/proc/self/ns/net").st_ino
+    return f"{socket.gethostname()}/{boot}/{shm.st_dev}:{shm.st_ino}/{net}"
+
+
+def _shared_memory(store, rank: int, size: int, timeout: datetime.timedelta, options: BackendOptions):
+    """Sets up the shared-memory channels among this rank's same-host peers
+    (every rank of the group takes part). Returns None where there are none
+    or set-up failed on any rank of this host (then all of them use TCP)."""
+    store = dist.PrefixStore("bagua/shm/", store)
+    store.set(f"host/{rank}", host_identity() if options.shm else f"off/{rank}")
+    if rank == 0:
+        store.set("session", f"{os.getpid():x}{secrets.token_hex(4)}")
+    session = store.get("session").decode()
+    mine = store.get(f"host/{rank}").decode()
+    peers = [r for r in range(size) if r != rank and store.get(f"host/{r}").decode() == mine]
+    if not peers:
+        return None
+
+    def phase(name: str, step) -> bool:
+        # Every rank of the host reports; all go ahead only if all succeeded.
+        try:
+            step()
+            status = "ok"
+        except Exception as e:  # noqa: BLE001 - reported to the peers, then warned about
+            status = f"rank {rank}: {e}"
+        store.set(f"{name}/{rank}", status)
+        problems = [s for s in (store.get(f"{name}/{r}").decode() for r in [rank, *peers]) if s != "ok"]
+        if problems:
+            warnings.warn(f"bagua: shared memory is off on this host, using TCP: {problems[0]}", stacklevel=3)
+        return not problems
+
+    transport = None
+
+    def create():
+        nonlocal transport
+        transport = _C.ShmTransport(session, rank, peers, options.shm_bytes, _timeout_seconds(timeout))
+
+    pids = {}
+    store.set(f"pid/{rank}", str(os.getpid()))
+    ok = phase("created", create)
+    if ok:
+        pids = {r: int(store.get(f"pid/{r}").decode()) for r in peers}
+        ok = phase("connected", lambda: transport.connect(pids))
+    if transport is not None:
+        # Everyone has opened its channels (or given up): the names can go,
+        # so a crash later leaves nothing behind in /dev/shm.
+        transport.unlink_names()
+    return transport if ok else None
 
 
 def _make_backend(store, rank: int, size: int, timeout: datetime.timedelta, options: BackendOptions, cuda: bool):
@@ -69,6 +146,7 @@ def _make_backend(store, rank: int, size: int, timeout: datetime.timedelta, opti
         options.allreduce == "ring",
         options.ring_chunk_bytes,
         _timeout_seconds(timeout),
+        _shared_memory(store, rank, size, timeout, options),
     )
 
 

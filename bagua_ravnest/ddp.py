@@ -174,7 +174,7 @@ class DistributedDataParallel(nn.Module):
         # The engine talks over its own connections (see private_backend).
         self._transport = private_backend(self.process_group, self._timeout_s)
         self._engine = _C.Engine(
-            _C.c10d_communicator(self._transport.inner_cpu(), self._timeout_s),
+            self._transport.communicator(self._timeout_s),
             self.algorithm,
             self._host_keys,
             self._timeout_s,

@@ -30,27 +30,30 @@ std::optional<ReduceOp> to_bagua_op(const c10d::ReduceOp& op) {
 }  // namespace
 
 ProcessGroupBagua::ProcessGroupBagua(int rank, int size, c10::intrusive_ptr<c10d::Backend> cpu_inner,
-                                     c10::intrusive_ptr<c10d::Backend> cuda_inner, BackendOptions options)
+                                     c10::intrusive_ptr<c10d::Backend> cuda_inner, BackendOptions options,
+                                     std::shared_ptr<ShmTransport> shm)
     : c10d::Backend(rank, size),
       cpu_inner_(std::move(cpu_inner)),
       cuda_inner_(std::move(cuda_inner)),
       options_(options),
+      shm_(std::move(shm)),
       thread_(std::make_unique<CommThread>()) {
   if (!cpu_inner_) throw InvalidArgument("ProcessGroupBagua needs an inner CPU backend (Gloo)");
   if (cpu_inner_->getRank() != rank || cpu_inner_->getSize() != size) {
     throw InvalidArgument(fmt::format("inner backend is rank {} of {}, expected rank {} of {}", cpu_inner_->getRank(),
                                       cpu_inner_->getSize(), rank, size));
   }
-  cpu_comm_ = std::make_shared<C10dCommunicator>(cpu_inner_, c10::Device(c10::kCPU), options_.timeout);
+  cpu_comm_ = communicator(options_.timeout);
+}
+
+CommunicatorPtr ProcessGroupBagua::communicator(std::chrono::milliseconds timeout) const {
+  return std::make_shared<HybridCommunicator>(
+      std::make_shared<C10dCommunicator>(cpu_inner_, c10::Device(c10::kCPU), timeout), shm_);
 }
 
 ProcessGroupBagua::~ProcessGroupBagua() {
   // Stop our thread before the inner backends it uses go away.
   thread_.reset();
-}
-
-c10::intrusive_ptr<c10d::Backend> ProcessGroupBagua::inner(c10::DeviceType device) const {
-  return device == c10::kCUDA ? cuda_inner_ : cpu_inner_;
 }
 
 c10d::Backend& ProcessGroupBagua::route(const at::Tensor& t) const {

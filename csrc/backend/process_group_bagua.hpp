@@ -14,6 +14,7 @@
 #include "backend/ring_work.hpp"
 #include "collectives/ring_allreduce.hpp"
 #include "comm/c10d_communicator.hpp"
+#include "comm/hybrid_communicator.hpp"
 #include "engine/comm_thread.hpp"
 
 namespace bagua {
@@ -26,15 +27,21 @@ struct BackendOptions {
 
 class ProcessGroupBagua final : public c10d::Backend {
  public:
-  // `cuda_inner` may be null (CPU-only build or no GPU).
+  // `cuda_inner` may be null (CPU-only build or no GPU); `shm` too (no
+  // same-host peers, or shared memory turned off). Point-to-point messages
+  // to ranks that `shm` reaches go through shared memory, others through
+  // the inner CPU backend.
   ProcessGroupBagua(int rank, int size, c10::intrusive_ptr<c10d::Backend> cpu_inner,
-                    c10::intrusive_ptr<c10d::Backend> cuda_inner, BackendOptions options);
+                    c10::intrusive_ptr<c10d::Backend> cuda_inner, BackendOptions options,
+                    std::shared_ptr<ShmTransport> shm = nullptr);
   ~ProcessGroupBagua() override;
 
   const std::string getBackendName() const override { return "bagua"; }
   const BackendOptions& options() const { return options_; }
-  // The inner backend for a device type ("cpu" or "cuda").
-  c10::intrusive_ptr<c10d::Backend> inner(c10::DeviceType device) const;
+  // A communicator over this group's transports (shared memory and the inner
+  // CPU backend) whose waits use `timeout`: what a DDP engine talks through.
+  CommunicatorPtr communicator(std::chrono::milliseconds timeout) const;
+  std::vector<int> shared_memory_peers() const { return shm_ ? shm_->peers() : std::vector<int>{}; }
 
   c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& tensors,
                                            const c10d::AllreduceOptions& opts = c10d::AllreduceOptions()) override;
@@ -99,7 +106,8 @@ class ProcessGroupBagua final : public c10d::Backend {
   c10::intrusive_ptr<c10d::Backend> cpu_inner_;
   c10::intrusive_ptr<c10d::Backend> cuda_inner_;
   BackendOptions options_;
-  std::shared_ptr<C10dCommunicator> cpu_comm_;
+  std::shared_ptr<ShmTransport> shm_;
+  CommunicatorPtr cpu_comm_;
   std::uint32_t ring_seq_ = 0;
   std::mutex mu_;
   c10::intrusive_ptr<RingWork> last_ring_work_;

@@ -14,6 +14,7 @@
 #include "backend/process_group_bagua.hpp"
 #include "backend/scalar_type.hpp"
 #include "comm/c10d_communicator.hpp"
+#include "comm/shm_transport.hpp"
 #include "core/error.hpp"
 #include "engine/bucket_plan.hpp"
 #include "engine/engine.hpp"
@@ -53,29 +54,38 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("size", &Communicator::size)
       .def_property_readonly("timeout_s", [](const Communicator& c) { return c.timeout().count() / 1000.0; });
 
-  m.def(
-      "c10d_communicator",
-      [](const c10::intrusive_ptr<c10d::Backend>& backend, double timeout_s) -> std::shared_ptr<Communicator> {
-        return std::make_shared<C10dCommunicator>(backend, c10::Device(c10::kCPU), to_ms(timeout_s));
-      },
-      py::arg("backend"), py::arg("timeout_s"),
-      "A communicator over a torch backend (e.g. the Gloo backend of a process group), for CPU buffers.");
+  py::class_<ShmTransport, std::shared_ptr<ShmTransport>>(m, "ShmTransport",
+                                                          "Shared-memory channels to the ranks of this host; "
+                                                          "set up by bagua_ravnest.backend (three phases).")
+      .def(py::init([](const std::string& session, int rank, std::vector<int> peers, std::size_t capacity,
+                       double timeout_s) {
+             return std::make_shared<ShmTransport>(session, rank, std::move(peers), capacity, to_ms(timeout_s));
+           }),
+           py::arg("session"), py::arg("rank"), py::arg("peers"), py::arg("capacity"), py::arg("timeout_s"))
+      .def("connect", &ShmTransport::connect, py::arg("peer_pids"))
+      .def("unlink_names", &ShmTransport::unlink_names)
+      .def_property_readonly("peers", &ShmTransport::peers);
 
   py::class_<ProcessGroupBagua, c10d::Backend, c10::intrusive_ptr<ProcessGroupBagua>>(m, "ProcessGroupBagua")
       .def(py::init([](int rank, int size, const c10::intrusive_ptr<c10d::Backend>& cpu_inner,
                        const c10::intrusive_ptr<c10d::Backend>& cuda_inner, bool ring_allreduce,
-                       std::size_t ring_chunk_bytes, double timeout_s) {
+                       std::size_t ring_chunk_bytes, double timeout_s, std::shared_ptr<ShmTransport> shm) {
              BackendOptions opts;
              opts.ring_allreduce = ring_allreduce;
              if (ring_chunk_bytes == 0) throw InvalidArgument("ring_chunk_bytes must be positive");
              opts.ring.chunk_bytes = ring_chunk_bytes;
              opts.timeout = to_ms(timeout_s);
-             return c10::make_intrusive<ProcessGroupBagua>(rank, size, cpu_inner, cuda_inner, opts);
+             return c10::make_intrusive<ProcessGroupBagua>(rank, size, cpu_inner, cuda_inner, opts, std::move(shm));
            }),
            py::arg("rank"), py::arg("size"), py::arg("cpu_inner"), py::arg("cuda_inner"), py::arg("ring_allreduce"),
-           py::arg("ring_chunk_bytes"), py::arg("timeout_s"))
-      .def_property_readonly("ring_allreduce", [](const ProcessGroupBagua& pg) { return pg.options().ring_allreduce; })
-      .def("inner_cpu", [](const ProcessGroupBagua& pg) { return pg.inner(c10::kCPU); });
+           py::arg("ring_chunk_bytes"), py::arg("timeout_s"), py::arg("shm") = nullptr)
+      .def(
+          "communicator",
+          [](const ProcessGroupBagua& pg, double timeout_s) { return pg.communicator(to_ms(timeout_s)); },
+          py::arg("timeout_s"),
+          "A communicator over this group's transports whose waits use timeout_s (for a DDP engine).")
+      .def_property_readonly("shared_memory_peers", &ProcessGroupBagua::shared_memory_peers)
+      .def_property_readonly("ring_allreduce", [](const ProcessGroupBagua& pg) { return pg.options().ring_allreduce; });
 
   m.def("algorithm_names", [] { return AlgorithmRegistry::instance().names(); });
   m.def("algorithm_info", [](const std::string& name) {

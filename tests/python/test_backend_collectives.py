@@ -211,3 +211,23 @@ def test_send_recv_tags_in_the_reserved_range_are_refused():
     assert out[1][0] == [1.0]
     for _, message in out:
         assert "out of range" in message and "[0, 16777216)" in message
+
+
+def _transports(rank, world):
+    backend = dist.group.WORLD._get_backend(torch.device("cpu"))
+    t = torch.arange(300_001, dtype=torch.float64) * (rank + 1)
+    dist.all_reduce(t)
+    return backend.shared_memory_peers, t[7].item()
+
+
+@pytest.mark.parametrize("shm", ["1", "0"])
+def test_same_host_ranks_use_shared_memory_unless_turned_off(shm):
+    import os
+
+    world = 4
+    out = values(run_world(_transports, world, env={"BAGUA_SHM": shm}))
+    for rank, (peers, value) in enumerate(out):
+        assert peers == ([r for r in range(world) if r != rank] if shm == "1" else [])
+        assert value == 7 * sum(range(1, world + 1))
+    # Set-up removes the channels' names once every rank has opened them.
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith("bagua-")]
