@@ -12,7 +12,7 @@ JOBS        ?= $(shell nproc)
 WORLD_SIZE  ?= 4
 OUT         ?= out
 
-.PHONY: all deps build cpp-test py-test test demo bench clean
+.PHONY: all deps build cpp-test py-test test demo bench horovod clean
 
 all: build
 
@@ -55,6 +55,11 @@ demo: build
 # generated part of docs/benchmarks.md and docs/img/.
 bench: build
 	$(PYTHON) benchmarks/bench.py
+
+# Horovod (pinned, Gloo only) for the `horovod` rows of make bench: a patched
+# build from the PyPI sdist, about 20 minutes once (docs/benchmarks.md).
+horovod: deps
+	PYTHON=$(PYTHON) benchmarks/install_horovod.sh
 
 clean:
 	rm -rf build bagua_ravnest/_C*.so *.egg-info

@@ -31,26 +31,35 @@ class RankResult:
     exitcode: int | None = None
 
 
-def _enter_network_namespace(name: str) -> None:
-    """Moves this process into the named network namespace (ip netns). Must
+def _enter_network_namespace(name: str, hostname: str | None) -> None:
+    """Moves this process into the named network namespace (ip netns) and,
+    given a hostname, into a UTS namespace of its own with that name. Must
     run before torch starts threads: a namespace switch applies to the calling
     thread, and threads created later inherit it."""
     import ctypes
 
-    clone_newnet = 0x40000000
+    clone_newnet, clone_newuts = 0x40000000, 0x04000000
     libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(rc: int, what: str) -> None:
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what} failed: {os.strerror(err)}")
+
     fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
     try:
-        if libc.setns(fd, clone_newnet) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into network namespace {name!r} failed: {os.strerror(err)}")
+        check(libc.setns(fd, clone_newnet), f"setns into network namespace {name!r}")
     finally:
         os.close(fd)
+    if hostname:
+        check(libc.unshare(clone_newuts), "unshare of the UTS namespace")
+        raw = hostname.encode()
+        check(libc.sethostname(raw, len(raw)), f"sethostname({hostname!r})")
 
 
-def _worker(fn, rank, world, backend, store_path, env, args, queue, netns=None):
+def _worker(fn, rank, world, backend, store_path, env, args, queue, netns=None, hostname=None):
     if netns:
-        _enter_network_namespace(netns)
+        _enter_network_namespace(netns, hostname)
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world)})
     try:
@@ -72,7 +81,7 @@ def _worker(fn, rank, world, backend, store_path, env, args, queue, netns=None):
 
 
 def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = None, timeout: float = 120.0,
-              netns: list[str] | None = None, failure_grace: float = 60.0):
+              netns: list[str] | None = None, hostnames: list[str] | None = None, failure_grace: float = 60.0):
     """fn(rank, world, *args) on `world` processes; returns RankResults by rank.
 
     Each worker gets RANK/WORLD_SIZE and `env` in its environment, and a
@@ -80,17 +89,22 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
     in `env` skips destroy_process_group (for runs where a peer dies).
     `netns`: one network namespace per rank to run it in (the rendezvous
     store is a file, so only rank-to-rank traffic uses the network).
+    `hostnames`: with `netns`, each rank's hostname (in a UTS namespace of its
+    own), so that every rank is a host of its own, as in a real cluster.
     Once a rank has failed or died, the others get `failure_grace` seconds
     to finish (usually by raising) before they are stopped."""
     if netns is not None and len(netns) != world:
         raise ValueError(f"netns names {len(netns)} namespaces for {world} ranks")
+    if hostnames is not None and (netns is None or len(hostnames) != world):
+        raise ValueError("hostnames needs netns and one name per rank")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
         procs = [
             ctx.Process(target=_worker, args=(fn, r, world, backend, store, env or {}, args, queue,
-                                              netns[r] if netns else None), daemon=True)
+                                              netns[r] if netns else None, hostnames[r] if hostnames else None),
+                        daemon=True)
             for r in range(world)
         ]
         for p in procs:

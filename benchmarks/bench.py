@@ -34,8 +34,21 @@ FULL = [(None, 30), ("1000", 24), ("100", 14), ("1000,1000,100,20", 8)]
 QUICK = [(None, 6), ("200", 6)]
 
 
+def horovod_available() -> bool:
+    try:
+        import horovod.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def algorithms() -> str:
-    return ",".join(list(train.BASELINES) + bagua_ravnest.algorithm_names())
+    """Every baseline and every bagua_ravnest algorithm; Horovod when it has
+    been built (`make horovod`, about 20 minutes once)."""
+    baselines = [b for b in train.BASELINES if b != "horovod" or horovod_available()]
+    if "horovod" not in baselines:
+        print("bench: Horovod is not installed, its rows are left out (build it with `make horovod`)")
+    return ",".join(baselines + bagua_ravnest.algorithm_names())
 
 
 def run_network(bandwidth, steps, args) -> tuple[dict, dict]:

@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     try:
         with network(args.bandwidth_mbit, args.world_size) as net:
             rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup,
-                                    env={"BAGUA_ALLREDUCE": "ring", **net.env}, timeout=3600, netns=net.netns))[0]
+                                    env={"BAGUA_ALLREDUCE": "ring", **net.env}, timeout=3600, netns=net.netns,
+                                    hostnames=net.hostnames))[0]
     except (NetemUnavailable, ValueError) as e:
         ap.exit(2, f"collectives.py: {e}\n")
     for r in rows:

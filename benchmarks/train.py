@@ -44,7 +44,7 @@ from machine import machine_info  # noqa: E402
 from netem.network import network, tx_bytes  # noqa: E402
 from workloads import SyntheticTask, build_model  # noqa: E402
 
-BASELINES = ("ddp", "ddp_fp16", "ddp_powersgd", "ddp_localsgd")
+BASELINES = ("ddp", "ddp_fp16", "ddp_powersgd", "ddp_localsgd", "horovod")
 LOCALSGD_PERIOD = 4
 
 
@@ -61,10 +61,62 @@ def split_algorithms(text: str) -> list[str]:
     return out
 
 
-def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_steps: int):
+_horovod_server = None  # rank 0's rendezvous server, alive as long as the process
+
+
+def _init_horovod(rank: int, world: int, gloo, net):
+    """Horovod with its Gloo controller, set up as `horovodrun --gloo` does:
+    a rendezvous server (run by rank 0, on its address of the network under
+    test) and the per-slot environment. Idempotent."""
+    global _horovod_server
+    try:
+        import horovod.torch as hvd
+        from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+        from horovod.runner.http.http_server import RendezvousServer
+    except ImportError as e:
+        raise RuntimeError(
+            f"the horovod baseline needs Horovod ({e}); build it with benchmarks/install_horovod.sh "
+            f"(about 20 minutes; see docs/benchmarks.md)"
+        ) from e
+    if hvd.is_initialized():
+        return hvd
+    # Ranks of an emulated cluster are hosts of their own; on loopback, one host.
+    hosts = ",".join(f"host{r}:1" for r in range(world)) if net.netns else f"localhost:{world}"
+    plan = get_host_assignments(parse_hosts(hosts), world)
+    port = torch.zeros(1, dtype=torch.int64)
+    if rank == 0:
+        _horovod_server = RendezvousServer(verbose=0)
+        port[0] = _horovod_server.start()
+        _horovod_server.init(plan)
+    dist.broadcast(port, 0, group=gloo)
+    slot = plan[rank]
+    os.environ.update({
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": net.address_of(0),
+        "HOROVOD_GLOO_RENDEZVOUS_PORT": str(int(port)),
+        "HOROVOD_CONTROLLER": "gloo",
+        "HOROVOD_CPU_OPERATIONS": "gloo",
+        "HOROVOD_GLOO_IFACE": net.ifname,
+        "HOROVOD_HOSTNAME": slot.hostname,
+        "HOROVOD_RANK": str(slot.rank),
+        "HOROVOD_SIZE": str(slot.size),
+        "HOROVOD_LOCAL_RANK": str(slot.local_rank),
+        "HOROVOD_LOCAL_SIZE": str(slot.local_size),
+        "HOROVOD_CROSS_RANK": str(slot.cross_rank),
+        "HOROVOD_CROSS_SIZE": str(slot.cross_size),
+    })
+    hvd.init()
+    return hvd
+
+
+def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_steps: int, rank: int, world: int, net):
     """The model as trained by `algorithm`, its optimizer, and a function to
     call after each optimizer step (model averaging for local SGD)."""
     after_step = lambda: None  # noqa: E731
+    if algorithm == "horovod":
+        hvd = _init_horovod(rank, world, gloo, net)
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        opt = hvd.DistributedOptimizer(optimizer_factory(model), named_parameters=model.named_parameters())
+        return model, opt, after_step
     if algorithm.startswith("ddp"):
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook, post_localSGD_hook
 
@@ -101,11 +153,12 @@ class _Trainer:
     """One algorithm's model, optimizer and data stream; trains in blocks so
     that algorithms can take turns on the machine."""
 
-    def __init__(self, rank, algorithm, args, gloo, ifname):
-        self.algorithm, self.args, self.ifname = algorithm, args, ifname
+    def __init__(self, rank, world, algorithm, args, gloo, net):
+        self.algorithm, self.args, self.ifname = algorithm, args, net.ifname
         model = build_model(args.model, seed=args.seed)
         make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9)  # noqa: E731
-        self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps)
+        self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps, rank, world,
+                                                      net)
         self.task = SyntheticTask(args.model, rank, args.batch_size, seed=args.seed)
         self.step_times: list[float] = []
         self.losses: list[float] = []
@@ -147,7 +200,7 @@ class _Trainer:
         below = [i for i, v in enumerate(mean_loss) if args.target_loss is not None and v < args.target_loss]
         return {
             "algorithm": self.algorithm,
-            "spec": getattr(self.model, "algorithm", "torch DDP (gloo)"),
+            "spec": getattr(self.model, "algorithm", "horovod (gloo)" if self.algorithm == "horovod" else "torch DDP (gloo)"),
             "model": args.model,
             "world_size": world,
             "batch_size": args.batch_size,
@@ -161,10 +214,10 @@ class _Trainer:
         }
 
 
-def _worker(rank, world, algorithms, args, ifname):
+def _worker(rank, world, algorithms, args, net):
     torch.set_num_threads(args.threads)
     gloo = dist.new_group(backend="gloo")
-    trainers = [_Trainer(rank, a, args, gloo, ifname) for a in algorithms]
+    trainers = [_Trainer(rank, world, a, args, gloo, net) for a in algorithms]
     progress = None
     if rank == 0 and not args.quiet:
         from tqdm import tqdm
@@ -193,8 +246,8 @@ def run(args) -> list[dict]:
                 f"unknown algorithm {name!r}; choose from {', '.join(BASELINES + tuple(bagua_ravnest.algorithm_names()))}"
             )
     with network(args.bandwidth_mbit, args.world_size) as net:
-        rows = values(run_world(_worker, args.world_size, algorithms, args, net.ifname, env=net.env,
-                                timeout=args.timeout, netns=net.netns))[0]
+        rows = values(run_world(_worker, args.world_size, algorithms, args, net, env=net.env,
+                                timeout=args.timeout, netns=net.netns, hostnames=net.hostnames))[0]
     base = next((r for r in rows if r["algorithm"] == "ddp"), None)
     for r in rows:
         r["network"] = net.label

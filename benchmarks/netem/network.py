@@ -16,6 +16,18 @@ class Network:
     netns: list[str] | None = None  # per rank; None on loopback
     env: dict = field(default_factory=dict)
     ifname: str = "lo"
+    addresses: list[str] | None = None  # per rank, on the shaped network; None on loopback
+
+    @property
+    def hostnames(self) -> list[str] | None:
+        """Each emulated rank is a host of its own, named by its address:
+        host-aware algorithms see separate hosts, and anything that finds
+        its own address by resolving its hostname (Gloo without an interface
+        name, as Horovod's process sets do) finds the shaped link."""
+        return self.addresses
+
+    def address_of(self, rank: int) -> str:
+        return self.addresses[rank] if self.addresses else "127.0.0.1"
 
     @property
     def bottleneck_mbit(self) -> float | None:
@@ -40,7 +52,7 @@ def network(bandwidth_mbit: str | None, world: int):
     rates = parse_rates(bandwidth_mbit, world)
     with EmulatedCluster(world, rates) as cluster:
         yield Network(label_for(rates), rates, cluster.namespaces, {"GLOO_SOCKET_IFNAME": cluster.ifname},
-                      cluster.ifname)
+                      cluster.ifname, list(cluster.addresses))
 
 
 def tx_bytes(ifname: str) -> int:

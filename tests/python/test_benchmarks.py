@@ -1,10 +1,13 @@
 """The benchmark scripts run end to end and write the documented JSON rows
 (tiny settings: this checks the plumbing and schema, not speed)."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,6 +49,17 @@ def test_train_json_and_plot(tmp_path):
     report = subprocess.run([sys.executable, "benchmarks/report.py", str(tmp_path / "out.json")], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert report.returncode == 0 and "| gradient_allreduce |" in report.stdout, report.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
+                    reason="Horovod is not installed (`make horovod` builds it, about 20 minutes)")
+def test_horovod_baseline_trains_the_same_model(tmp_path):
+    data = _run(["benchmarks/train.py", "--world-size", "2", "--algorithms", "ddp,horovod",
+                 "--steps", "6", "--warmup-steps", "2", "--rounds", "2"], tmp_path)
+    rows = {r["algorithm"]: r for r in data["rows"]}
+    assert rows["horovod"]["spec"] == "horovod (gloo)" and rows["horovod"]["samples_per_s"] > 0
+    # Horovod averages gradients like DDP: same seeds and data, same model.
+    assert abs(rows["ddp"]["final_loss"] - rows["horovod"]["final_loss"]) < 1e-4
 
 
 def test_bad_arguments_are_explained():
