@@ -5,14 +5,16 @@
 PYTHON      ?= python3
 PYEXE       := $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null)
 TORCH_VER   := 2.13.0
-APT_PKGS    := cmake ninja-build g++ libgtest-dev libfmt-dev iproute2
+APT_PKGS    := cmake ninja-build g++ libgtest-dev libfmt-dev iproute2 clang libclang-rt-14-dev
 PY_PKGS     := pytest numpy matplotlib tqdm
 BUILD_CORE  := build/core
 JOBS        ?= $(shell nproc)
 WORLD_SIZE  ?= 4
 OUT         ?= out
+FUZZ_SECONDS ?= 30
+FUZZ_CODECS := identity fp16 bf16 minmax_uint8 sign1bit
 
-.PHONY: all deps build cpp-test py-test test demo bench horovod clean
+.PHONY: all deps build cpp-test py-test test demo bench horovod fuzz fuzz-build clean
 
 all: build
 
@@ -46,7 +48,25 @@ cpp-test: build
 py-test: build
 	$(PYTHON) -m pytest tests/python -q -ra
 
-test: cpp-test py-test
+test: cpp-test py-test fuzz
+
+# libFuzzer targets of the codec decoders (clang, ASan + UBSan), then a run of
+# FUZZ_SECONDS each; a crash or sanitizer report fails the target and keeps
+# the log and the crashing input under build/fuzz.
+fuzz-build: deps
+	@[ -f build/fuzz/build.ninja ] || CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBAGUA_BUILD_TESTS=OFF -DBAGUA_BUILD_EXTENSION=OFF \
+	  -DBAGUA_BUILD_FUZZERS=ON >/dev/null
+	@cmake --build build/fuzz -j $(JOBS) --target $(addprefix fuzz_decode_,$(FUZZ_CODECS))
+
+fuzz: fuzz-build
+	@for c in $(FUZZ_CODECS); do \
+	  mkdir -p build/fuzz/corpus/$$c build/fuzz/crashes; \
+	  printf 'fuzzing the %s decoder for %s s: ' $$c $(FUZZ_SECONDS); \
+	  build/fuzz/fuzz_decode_$$c -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/crashes/$$c- \
+	    build/fuzz/corpus/$$c > build/fuzz/$$c.log 2>&1 || { echo FAILED; tail -40 build/fuzz/$$c.log; exit 1; }; \
+	  grep -o 'Done [0-9]* runs' build/fuzz/$$c.log || echo ok; \
+	done
 
 demo: build
 	$(PYTHON) benchmarks/demo.py --world-size $(WORLD_SIZE) --out $(OUT)

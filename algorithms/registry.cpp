@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "algorithms/composition.hpp"
 #include "core/error.hpp"
 
 namespace bagua {
@@ -43,6 +44,7 @@ const AlgorithmEntry& AlgorithmRegistry::entry(const std::string& name) const {
 
 std::unique_ptr<Algorithm> AlgorithmRegistry::create(const std::string& spec, const WorldInfo& world) const {
   auto [name, options] = parse_algorithm_spec(spec);
+  if (name.empty()) return compose_algorithm(options, world);
   const AlgorithmEntry& e = entry(name);
   for (const auto& [key, _] : options) {
     if (!e.options.count(key)) {
@@ -55,36 +57,48 @@ std::unique_ptr<Algorithm> AlgorithmRegistry::create(const std::string& spec, co
   return e.make(options, world);
 }
 
+namespace {
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t");
+  const auto e = s.find_last_not_of(" \t");
+  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+// "k=v,k=v" (values may contain ':', as in exchange=decentralized:shift_one).
+AlgorithmOptions parse_options(const std::string& text, const std::string& spec) {
+  AlgorithmOptions options;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const auto comma = text.find(',', start);
+    std::string item = trim(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (!item.empty()) {
+      const auto eq = item.find('=');
+      if (eq == std::string::npos) {
+        throw InvalidArgument(fmt::format("algorithm option '{}' in '{}' is not of the form key=value", item, spec));
+      }
+      std::string key = trim(item.substr(0, eq));
+      if (!options.emplace(key, trim(item.substr(eq + 1))).second) {
+        throw InvalidArgument(fmt::format("algorithm option '{}' is given twice in '{}'", key, spec));
+      }
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return options;
+}
+
+}  // namespace
+
 std::pair<std::string, AlgorithmOptions> parse_algorithm_spec(const std::string& spec) {
-  auto trim = [](std::string s) {
-    const auto b = s.find_first_not_of(" \t");
-    const auto e = s.find_last_not_of(" \t");
-    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-  };
+  // A composed spec starts with a key: its first '=' comes before any ':' or ','.
+  const auto first = spec.find_first_of(":,=");
+  if (first != std::string::npos && spec[first] == '=') return {"", parse_options(spec, spec)};
   const auto colon = spec.find(':');
   std::string name = trim(spec.substr(0, colon));
   if (name.empty()) throw InvalidArgument(fmt::format("algorithm spec '{}' has no name", spec));
   AlgorithmOptions options;
-  if (colon != std::string::npos) {
-    std::string rest = spec.substr(colon + 1);
-    std::size_t start = 0;
-    while (start <= rest.size()) {
-      const auto comma = rest.find(',', start);
-      std::string item = trim(rest.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
-      if (!item.empty()) {
-        const auto eq = item.find('=');
-        if (eq == std::string::npos) {
-          throw InvalidArgument(fmt::format("algorithm option '{}' in '{}' is not of the form key=value", item, spec));
-        }
-        std::string key = trim(item.substr(0, eq));
-        if (!options.emplace(key, trim(item.substr(eq + 1))).second) {
-          throw InvalidArgument(fmt::format("algorithm option '{}' is given twice in '{}'", key, spec));
-        }
-      }
-      if (comma == std::string::npos) break;
-      start = comma + 1;
-    }
-  }
+  if (colon != std::string::npos) options = parse_options(spec.substr(colon + 1), spec);
   return {name, options};
 }
 

@@ -42,6 +42,8 @@ class AlgorithmRegistry {
 };
 
 // Splits "name:k=v,k=v" into its name and options; throws on malformed text.
+// A composed spec ("codec=minmax_uint8,exchange=allreduce") has no name: it
+// comes back with an empty name and all its parts as options.
 std::pair<std::string, AlgorithmOptions> parse_algorithm_spec(const std::string& spec);
 
 // Helpers for factories: typed option lookups with clear errors.

@@ -12,6 +12,7 @@ _register_backend()
 
 from .algorithms import algorithm_names, describe_algorithm, resolve_algorithm  # noqa: E402
 from .ddp import DistributedDataParallel  # noqa: E402
+from .optim import QAdamOptimizer  # noqa: E402
 
 __all__ = [
     "BackendOptions",
@@ -20,6 +21,7 @@ __all__ = [
     "DistributedDataParallel",
     "InvalidArgument",
     "ProtocolError",
+    "QAdamOptimizer",
     "algorithm_names",
     "describe_algorithm",
     "resolve_algorithm",

@@ -163,7 +163,7 @@ class DistributedDataParallel(nn.Module):
         self._src = self._group_ranks[0]
         self._host_keys = _host_keys(self.process_group)
 
-        spec = resolve_algorithm(algorithm)
+        spec = _with_optimizer_hyperparameters(resolve_algorithm(algorithm), optimizer)
         self.algorithm = self._agree_on_configuration(spec)
 
         self._sync_module_states()
@@ -185,6 +185,9 @@ class DistributedDataParallel(nn.Module):
             p.register_post_accumulate_grad_hook(self._make_grad_hook(i)) for i, p in enumerate(self._params)
         ]
         self._optimizer_hook = optimizer.register_step_post_hook(self._on_optimizer_step) if optimizer else None
+        # Algorithm state (momenta, residuals) and the step travel in state_dict.
+        self.register_state_dict_post_hook(_save_algorithm_state)
+        self.register_load_state_dict_pre_hook(_load_algorithm_state)
         self._has_optimizer = optimizer is not None
         self._sync_this_iteration = False
         self._callback_queued = False
@@ -389,6 +392,59 @@ class DistributedDataParallel(nn.Module):
     def step(self) -> int:
         """Completed optimizer steps (or synchronized backward passes)."""
         return self._engine.step
+
+
+_STATE_KEY = "_bagua_algorithm_state"
+
+
+def _with_optimizer_hyperparameters(spec: str, optimizer) -> str:
+    """qadam's hyperparameters live in its optimizer; the spec is derived from it."""
+    if spec.split(":", 1)[0].strip() != "qadam":
+        return spec
+    from .optim import QAdamOptimizer
+
+    if not isinstance(optimizer, QAdamOptimizer):
+        raise ValueError(
+            "algorithm qadam needs optimizer=bagua_ravnest.QAdamOptimizer(...) (it runs Adam's update with the "
+            "momentum the algorithm averages)"
+        )
+    if ":" in spec:
+        raise ValueError(
+            f"algorithm {spec!r}: qadam takes warmup_steps and betas from its QAdamOptimizer; pass them there "
+            f"and use algorithm='qadam'"
+        )
+    return optimizer.algorithm_spec()
+
+
+def _save_algorithm_state(module, state_dict, prefix, local_metadata) -> None:
+    state = module._engine.state_dict()
+    if not state:  # stateless algorithms keep exactly torch DDP's keys
+        return
+    state_dict[prefix + _STATE_KEY] = {
+        "algorithm": module.algorithm,
+        "step": torch.tensor(module._engine.step, dtype=torch.int64),
+        "state": {k: torch.frombuffer(bytearray(v), dtype=torch.uint8) for k, v in state.items()},
+    }
+
+
+def _load_algorithm_state(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                          error_msgs) -> None:
+    saved = state_dict.pop(prefix + _STATE_KEY, None)
+    if saved is None:
+        if strict and module._engine.state_dict():
+            missing_keys.append(prefix + _STATE_KEY)
+        return
+    if saved["algorithm"] != module.algorithm:
+        error_msgs.append(
+            f"the checkpoint's algorithm state is for {saved['algorithm']!r}, this wrapper runs {module.algorithm!r}"
+        )
+        return
+    try:
+        module._engine.load_state_dict({k: bytes(v.numpy().tobytes()) for k, v in saved["state"].items()})
+    except RuntimeError as e:
+        error_msgs.append(str(e))
+        return
+    module._engine.step = int(saved["step"])
 
 
 def _tensors_in(obj):

@@ -1,4 +1,5 @@
-"""All-reduce bandwidth of our ring against Gloo's, in the same processes.
+"""All-reduce bandwidth of our ring and our compressed all-reduces against
+Gloo's, in the same processes.
 
     python benchmarks/collectives.py --world-size 4 --sizes 4K,1M,16M,64M --json out/collectives.json
     python benchmarks/collectives.py --world-size 4 --sizes 16M --bandwidth-mbit 100 --json out/c100.json  # root
@@ -6,8 +7,14 @@
 One row per (impl, size): op, impl, world_size, bytes, seconds (median over
 iterations of the slowest rank's time), algbw_GBps = bytes / seconds and
 busbw_GBps = algbw * 2(n-1)/n, the traffic each rank's link carries in an
-uncompressed ring. The two implementations alternate iteration by iteration
-so that both see the same machine conditions.
+uncompressed ring. The implementations take turns iteration by iteration
+so that all see the same machine conditions.
+
+impl: bagua_ring (the "bagua" backend's all-reduce), gloo, and the backend's
+compressed all-reduces bagua_bytegrad (minmax_uint8), bagua_fp16 and
+bagua_sign1bit (docs/codecs.md; sign1bit without error feedback, as a speed
+figure only). Their algbw/busbw count the fp32 bytes reduced, so they can
+exceed the link rate; wire_ratio says what fraction of those bytes they send.
 
 With --bandwidth-mbit the ranks run in an emulated cluster (one network
 namespace per rank, tc-shaped links; benchmarks/netem) and every row also
@@ -34,7 +41,9 @@ from machine import machine_info  # noqa: E402
 from netem.cluster import NetemUnavailable  # noqa: E402
 from netem.network import network  # noqa: E402
 
-IMPLS = ("bagua_ring", "gloo")
+IMPLS = ("bagua_ring", "gloo", "bagua_bytegrad", "bagua_fp16", "bagua_sign1bit")
+# The compressed all-reduces of the bagua backend, by their codec.
+CODEC_OF = {"bagua_bytegrad": "minmax_uint8", "bagua_fp16": "fp16", "bagua_sign1bit": "sign1bit"}
 
 
 def parse_size(text: str) -> int:
@@ -47,24 +56,33 @@ def parse_size(text: str) -> int:
     return value
 
 
-def _bench(rank, world, sizes, iters, warmup):
+def _bench(rank, world, sizes, iters, warmup, impls):
     torch.set_num_threads(1)
     gloo = dist.new_group(backend="gloo")
-    groups = {"bagua_ring": None, "gloo": gloo}  # None: the default group, backend "bagua"
+    bagua = dist.group.WORLD._get_backend(torch.device("cpu"))
+
+    def allreduce(impl, t):
+        if impl == "gloo":
+            dist.all_reduce(t, group=gloo)
+        elif impl == "bagua_ring":
+            dist.all_reduce(t)  # the default group, backend "bagua"
+        else:
+            bagua.compressed_allreduce(t, CODEC_OF[impl]).wait()
+
     rows = []
     for size in sizes:
-        tensors = {impl: torch.ones(size // 4) for impl in IMPLS}
-        for impl in IMPLS:
+        tensors = {impl: torch.randn(size // 4, generator=torch.Generator().manual_seed(rank)) for impl in impls}
+        for impl in impls:
             for _ in range(warmup):
-                dist.all_reduce(tensors[impl], group=groups[impl])
-        times = {impl: [] for impl in IMPLS}
+                allreduce(impl, tensors[impl])
+        times = {impl: [] for impl in impls}
         for it in range(iters):
-            for impl in IMPLS if it % 2 == 0 else reversed(IMPLS):
+            for impl in impls if it % 2 == 0 else reversed(impls):
                 dist.barrier(group=gloo)
                 start = time.perf_counter()
-                dist.all_reduce(tensors[impl], group=groups[impl])
+                allreduce(impl, tensors[impl])
                 times[impl].append(time.perf_counter() - start)
-        for impl in IMPLS:
+        for impl in impls:
             # A collective takes as long as its slowest rank.
             t = torch.tensor(times[impl], dtype=torch.float64)
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=gloo)
@@ -80,9 +98,21 @@ def _bench(rank, world, sizes, iters, warmup):
                     "algbw_GBps": algbw,
                     "busbw_GBps": algbw * 2 * (world - 1) / world,
                     "iterations": iters,
+                    # Bytes a rank sends per byte of fp32 data, relative to an uncompressed ring.
+                    "wire_ratio": _wire_ratio(impl, size // 4, world),
                 }
             )
     return rows
+
+
+def _wire_ratio(impl: str, count: int, world: int) -> float:
+    if impl not in CODEC_OF:
+        return 1.0
+    from bagua_ravnest import _C
+
+    codec = _C.Codec(CODEC_OF[impl])
+    chunk = -(-count // world)
+    return codec.wire_bytes(chunk) / (4 * chunk)
 
 
 def main(argv=None) -> int:
@@ -91,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="4K,1M,16M,64M", help="comma-separated byte sizes, K/M/G suffixes")
     ap.add_argument("--iters", type=int, default=10, help="timed iterations per (impl, size), at least 10")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--impls", default=",".join(IMPLS),
+                    help=f"which all-reduces, comma-separated (default: all of {', '.join(IMPLS)})")
     ap.add_argument("--bandwidth-mbit", help="emulated link rate(s) in Mbit/s: one, or one per rank (needs root)")
     ap.add_argument("--json", dest="json_path", help="write the rows here")
     args = ap.parse_args(argv)
@@ -99,10 +131,14 @@ def main(argv=None) -> int:
     if args.world_size < 2:
         ap.error("--world-size must be at least 2")
     sizes = [parse_size(s) for s in args.sizes.split(",")]
+    impls = [i for i in args.impls.split(",") if i]
+    for i in impls:
+        if i not in IMPLS:
+            ap.error(f"unknown impl {i!r}; choose from {', '.join(IMPLS)}")
 
     try:
         with network(args.bandwidth_mbit, args.world_size) as net:
-            rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup,
+            rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup, impls,
                                     env={"BAGUA_ALLREDUCE": "ring", **net.env}, timeout=3600, netns=net.netns,
                                     hostnames=net.hostnames))[0]
     except (NetemUnavailable, ValueError) as e:

@@ -7,8 +7,12 @@ loss per algorithm.
 Names in --algorithms: the baselines `ddp` (torch DDP on Gloo), `ddp_fp16`
 (with torch's fp16_compress_hook), `ddp_powersgd` (torch's PowerSGD hook,
 rank 2, full-precision warm-up), `ddp_localsgd` (torch's post-local-SGD hook
-with PeriodicModelAverager, period 4), or any bagua_ravnest algorithm spec; options follow a colon and are
-comma-separated (`gradient_allreduce:hierarchical=true,allreduce=inner`).
+with PeriodicModelAverager, period 4), `horovod`, or any bagua_ravnest
+algorithm spec; options follow a colon and are comma-separated
+(`gradient_allreduce:hierarchical=true,allreduce=inner`), and a spec may be
+composed from parts (`codec=minmax_uint8,exchange=allreduce`). Every
+algorithm trains with SGD (momentum 0.9, --lr) except `qadam`, which is
+Adam (bagua_ravnest.QAdamOptimizer, --adam-lr, warm-up = --warmup-steps).
 
 With --bandwidth-mbit the ranks run in an emulated cluster with shaped links
 (benchmarks/netem; needs root) and bytes_sent_per_step is read from each
@@ -48,13 +52,21 @@ BASELINES = ("ddp", "ddp_fp16", "ddp_powersgd", "ddp_localsgd", "horovod")
 LOCALSGD_PERIOD = 4
 
 
+def _composed(spec: str) -> bool:
+    """A spec built from parts (codec=...,exchange=...) starts with a key."""
+    first = next((c for c in spec if c in ":,="), "")
+    return first == "="
+
+
 def split_algorithms(text: str) -> list[str]:
-    """'a,b:x=1,y=2,c' -> ['a', 'b:x=1,y=2', 'c'] (an option continues its spec)."""
+    """'a,b:x=1,y=2,c' -> ['a', 'b:x=1,y=2', 'c'] (an option continues its spec);
+    'ddp,codec=fp16,exchange=allreduce' -> ['ddp', 'codec=fp16,exchange=allreduce']."""
     out: list[str] = []
     for token in (t.strip() for t in text.split(",")):
         if not token:
             continue
-        if "=" in token and ":" not in token and out:
+        continues = "=" in token and ":" not in token.split("=", 1)[0]
+        if continues and out and (":" in out[-1] or _composed(out[-1])):
             out[-1] += "," + token
         else:
             out.append(token)
@@ -108,7 +120,8 @@ def _init_horovod(rank: int, world: int, gloo, net):
     return hvd
 
 
-def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_steps: int, rank: int, world: int, net):
+def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_steps: int, rank: int, world: int, net,
+          adam_lr: float):
     """The model as trained by `algorithm`, its optimizer, and a function to
     call after each optimizer step (model averaging for local SGD)."""
     after_step = lambda: None  # noqa: E731
@@ -145,6 +158,11 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
         elif algorithm != "ddp":
             raise ValueError(f"unknown baseline {algorithm!r}")
         return model, optimizer_factory(model), after_step
+    if algorithm.split(":", 1)[0] == "qadam":
+        # qadam is an optimizer as much as an exchange: Adam, exact for the
+        # warm-up steps, then with compressed momenta.
+        opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=adam_lr, warmup_steps=max(1, warmup_steps))
+        return bagua_ravnest.DistributedDataParallel(model, algorithm="qadam", optimizer=opt), opt, after_step
     opt = optimizer_factory(model)
     return bagua_ravnest.DistributedDataParallel(model, algorithm=algorithm, optimizer=opt), opt, after_step
 
@@ -158,7 +176,7 @@ class _Trainer:
         model = build_model(args.model, seed=args.seed)
         make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9)  # noqa: E731
         self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps, rank, world,
-                                                      net)
+                                                      net, args.adam_lr)
         self.task = SyntheticTask(args.model, rank, args.batch_size, seed=args.seed)
         self.step_times: list[float] = []
         self.losses: list[float] = []
@@ -240,6 +258,12 @@ def _worker(rank, world, algorithms, args, net):
 def run(args) -> list[dict]:
     algorithms = split_algorithms(args.algorithms)
     for a in algorithms:
+        if _composed(a):
+            try:
+                bagua_ravnest._C.canonical_spec(a, 0, args.world_size, [0] * args.world_size)
+            except RuntimeError as e:
+                raise SystemExit(f"algorithm {a!r}: {e}") from e
+            continue
         name = a.split(":")[0]
         if name not in BASELINES and name not in bagua_ravnest.algorithm_names():
             raise SystemExit(
@@ -278,7 +302,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the speed figures")
     ap.add_argument("--batch-size", type=int, default=32, help="per rank")
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--lr", type=float, default=0.05, help="SGD (momentum 0.9) learning rate of every algorithm but qadam")
+    ap.add_argument("--adam-lr", type=float, default=0.001, help="learning rate of qadam's QAdamOptimizer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     ap.add_argument("--rounds", type=int, default=10, help="algorithms take turns this many times")

@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <numeric>
+
 #include "backend/scalar_type.hpp"
+#include "collectives/compressed_allreduce.hpp"
 #include "comm/tags.hpp"
 #include "core/error.hpp"
 
@@ -87,21 +90,44 @@ bool ProcessGroupBagua::ring_eligible(const std::vector<at::Tensor>& tensors,
 c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allreduce(std::vector<at::Tensor>& tensors,
                                                             const c10d::AllreduceOptions& opts) {
   if (!ring_eligible(tensors, opts)) return route(tensors).allreduce(tensors, opts);
-  auto work = c10::make_intrusive<RingWork>(getRank(), tensors);
   const at::Tensor t = tensors.front();
   const DType dtype = *to_dtype(t.scalar_type());
   const ReduceOp op = *to_bagua_op(opts.reduceOp);
+  return submit_allreduce(t, "bagua:ring_allreduce", [t, dtype, op, ring_opts = options_.ring](Communicator& comm, Tag tag) {
+    ring_allreduce(comm, Ring::natural(comm.size()), t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype, op, tag,
+                   ring_opts);
+  });
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::compressed_allreduce(at::Tensor& tensor, const std::string& codec) {
+  if (!tensor.device().is_cpu() || tensor.scalar_type() != at::kFloat || !tensor.is_contiguous() ||
+      tensor.layout() != at::kStrided) {
+    throw InvalidArgument("compressed_allreduce takes a dense, contiguous float32 CPU tensor");
+  }
+  CodecPtr c = make_codec(codec);  // an unknown name fails here, on the caller's thread
+  std::vector<int> ranks(getSize());
+  std::iota(ranks.begin(), ranks.end(), 0);
+  const at::Tensor t = tensor;
+  return submit_allreduce(t, "bagua:compressed_allreduce", [t, c, ranks](Communicator& comm, Tag tag) {
+    bagua::compressed_allreduce(comm, ranks, t.data_ptr<float>(), static_cast<std::size_t>(t.numel()), *c,
+                                ReduceOp::Avg,
+                         tag);
+  });
+}
+
+c10::intrusive_ptr<RingWork> ProcessGroupBagua::submit_allreduce(const at::Tensor& t, const char* name,
+                                                                 std::function<void(Communicator&, Tag)> run) {
+  auto work = c10::make_intrusive<RingWork>(getRank(), std::vector<at::Tensor>{t}, name);
   // Sequence number and submission under one lock: all-reduces issued from
-  // several threads still reach the ring thread in tag order.
+  // several threads still reach the backend thread in tag order.
   std::lock_guard lock(mu_);
   const Tag tag = tags::kBackendBase + (ring_seq_++ % tags::kSpan);
   last_ring_work_ = work;
   thread_->submit(
-      [comm = cpu_comm_, work, t, dtype, op, tag, ring_opts = options_.ring] {
+      [comm = cpu_comm_, work, run = std::move(run), tag] {
         std::exception_ptr error;
         try {
-          ring_allreduce(*comm, Ring::natural(comm->size()), t.data_ptr(), static_cast<std::size_t>(t.numel()),
-                         dtype, op, tag, ring_opts);
+          run(*comm, tag);
         } catch (...) {
           error = std::current_exception();
         }

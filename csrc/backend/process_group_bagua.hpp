@@ -91,6 +91,13 @@ class ProcessGroupBagua final : public c10d::Backend {
   c10::intrusive_ptr<c10d::Work> recvAnysource(std::vector<at::Tensor>& tensors, int tag) override;
   c10::intrusive_ptr<c10d::Work> barrier(const c10d::BarrierOptions& opts = c10d::BarrierOptions()) override;
 
+  // Average of a dense fp32 CPU tensor over the group with a compressed
+  // all-reduce (collectives/compressed_allreduce.hpp) through `codec`
+  // (codec/codec.hpp names), on the backend's thread in issue order like
+  // the ring. Not part of torch.distributed's API: benchmarks and tools call
+  // it on the backend object.
+  c10::intrusive_ptr<c10d::Work> compressed_allreduce(at::Tensor& tensor, const std::string& codec);
+
   void setSequenceNumberForGroup() override;
   uint64_t getSequenceNumberForGroup() override;
   void setTimeout(std::chrono::milliseconds timeout) override;
@@ -100,6 +107,10 @@ class ProcessGroupBagua final : public c10d::Backend {
   c10d::Backend& route(const std::vector<at::Tensor>& tensors) const;
   c10d::Backend& route(const at::Tensor& tensor) const;
   bool ring_eligible(const std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) const;
+  // Queues `run` (which gets the tensor's data, the communicator and a tag)
+  // on the backend thread; returns its Work.
+  c10::intrusive_ptr<RingWork> submit_allreduce(const at::Tensor& t, const char* name,
+                                                std::function<void(Communicator&, Tag)> run);
   // Waits (bounded) until the ring all-reduces issued so far have finished.
   void drain_ring_work();
 

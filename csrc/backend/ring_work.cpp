@@ -2,8 +2,8 @@
 
 namespace bagua {
 
-RingWork::RingWork(int rank, std::vector<at::Tensor> tensors)
-    : c10d::Work(rank, c10d::OpType::ALLREDUCE, "bagua:ring_allreduce", tensors),
+RingWork::RingWork(int rank, std::vector<at::Tensor> tensors, const char* profiling_name)
+    : c10d::Work(rank, c10d::OpType::ALLREDUCE, profiling_name, tensors),
       tensors_(std::move(tensors)),
       future_(c10::make_intrusive<c10::ivalue::Future>(c10::ListType::create(c10::TensorType::get()))) {}
 

@@ -1,5 +1,5 @@
-// The Work handle of an all-reduce that our ring runs on the backend's
-// communication thread. Completion marks both the Work (wait/isCompleted) and
+// The Work handle of an all-reduce that the backend runs on its own
+// communication thread (our ring, or a compressed all-reduce). Completion marks both the Work (wait/isCompleted) and
 // its Future (getFuture, which DDP comm hooks chain on).
 #pragma once
 
@@ -10,7 +10,8 @@ namespace bagua {
 
 class RingWork final : public c10d::Work {
  public:
-  RingWork(int rank, std::vector<at::Tensor> tensors);
+  // `profiling_name`: how torch's profiler and flight recorder name it.
+  RingWork(int rank, std::vector<at::Tensor> tensors, const char* profiling_name);
 
   // Called once by the communication thread.
   void complete(std::exception_ptr error);

@@ -14,6 +14,7 @@
 #include "backend/process_group_bagua.hpp"
 #include "backend/scalar_type.hpp"
 #include "comm/c10d_communicator.hpp"
+#include "codec/codec.hpp"
 #include "comm/shm_transport.hpp"
 #include "core/error.hpp"
 #include "engine/bucket_plan.hpp"
@@ -85,7 +86,59 @@ PYBIND11_MODULE(_C, m) {
           py::arg("timeout_s"),
           "A communicator over this group's transports whose waits use timeout_s (for a DDP engine).")
       .def_property_readonly("shared_memory_peers", &ProcessGroupBagua::shared_memory_peers)
+      .def("compressed_allreduce", &ProcessGroupBagua::compressed_allreduce, py::arg("tensor"), py::arg("codec"),
+           "Average of a float32 CPU tensor through a compressed all-reduce with `codec`; returns a Work.")
       .def_property_readonly("ring_allreduce", [](const ProcessGroupBagua& pg) { return pg.options().ring_allreduce; });
+
+  py::class_<Codec, std::shared_ptr<Codec>>(m, "Codec", "A wire codec (csrc/codec): encode values, decode bytes.")
+      .def(py::init([](const std::string& name, std::size_t block_elems) {
+             // Codecs are immutable; the holder is non-const only because pybind11 wants it so.
+             return std::const_pointer_cast<Codec>(make_codec(name, block_elems));
+           }),
+           py::arg("name"), py::arg("block_elems") = 0)
+      .def_property_readonly("name", &Codec::name)
+      .def_property_readonly("lossless", &Codec::lossless)
+      .def("wire_bytes", &Codec::wire_bytes, py::arg("count"))
+      .def(
+          "encode",
+          [](const Codec& c, const at::Tensor& t, std::optional<at::Tensor> out) {
+            if (!t.device().is_cpu() || !t.is_contiguous()) throw InvalidArgument("encode needs a contiguous CPU tensor");
+            const auto dtype = to_dtype(t.scalar_type());
+            if (!dtype) throw InvalidArgument("encode takes float32, float16 or bfloat16 values");
+            const auto n = static_cast<std::size_t>(t.numel());
+            at::Tensor wire = out ? *out : at::empty({static_cast<int64_t>(c.wire_bytes(n))}, at::kByte);
+            if (wire.scalar_type() != at::kByte || !wire.is_contiguous() ||
+                static_cast<std::size_t>(wire.numel()) != c.wire_bytes(n)) {
+              throw InvalidArgument(fmt::format("encode: out must be a contiguous uint8 tensor of {} bytes", c.wire_bytes(n)));
+            }
+            {
+              py::gil_scoped_release release;
+              c.encode(t.data_ptr(), n, *dtype, wire.data_ptr<std::uint8_t>());
+            }
+            return wire;
+          },
+          py::arg("values"), py::arg("out") = py::none(), "Wire bytes (uint8 tensor) of a float32/float16/bfloat16 tensor.")
+      .def(
+          "decode",
+          [](const Codec& c, const at::Tensor& wire, std::size_t count, std::optional<at::Tensor> out) {
+            if (wire.scalar_type() != at::kByte || !wire.is_contiguous() || !wire.device().is_cpu()) {
+              throw InvalidArgument("decode needs a contiguous CPU uint8 tensor");
+            }
+            at::Tensor values = out ? *out : at::empty({static_cast<int64_t>(count)}, at::kFloat);
+            if (values.scalar_type() != at::kFloat || !values.is_contiguous() ||
+                static_cast<std::size_t>(values.numel()) != count) {
+              throw InvalidArgument(fmt::format("decode: out must be a contiguous float32 tensor of {} values", count));
+            }
+            {
+              py::gil_scoped_release release;
+              c.decode(wire.data_ptr<std::uint8_t>(), static_cast<std::size_t>(wire.numel()), count,
+                       values.data_ptr<float>(), false);
+            }
+            return values;
+          },
+          py::arg("wire"), py::arg("count"), py::arg("out") = py::none(),
+          "float32 values from wire bytes; malformed bytes raise ProtocolError.");
+  m.def("codec_names", [] { return codec_names(); });
 
   m.def("algorithm_names", [] { return AlgorithmRegistry::instance().names(); });
   m.def("algorithm_info", [](const std::string& name) {

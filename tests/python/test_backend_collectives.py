@@ -231,3 +231,36 @@ def test_same_host_ranks_use_shared_memory_unless_turned_off(shm):
         assert value == 7 * sum(range(1, world + 1))
     # Set-up removes the channels' names once every rank has opened them.
     assert not [f for f in os.listdir("/dev/shm") if f.startswith("bagua-")]
+
+
+def _compressed(rank, world):
+    backend = dist.group.WORLD._get_backend(torch.device("cpu"))
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(10_001, generator=g)
+    exact = x.clone()
+    dist.all_reduce(exact)
+    exact /= world
+    results = {}
+    for codec in ("identity", "fp16", "minmax_uint8"):
+        t = x.clone()
+        backend.compressed_allreduce(t, codec).wait()
+        results[codec] = ((t - exact).abs().max().item(), t[:5].tolist())
+    errors = []
+    for bad in (lambda: backend.compressed_allreduce(x.clone(), "zip"),
+                lambda: backend.compressed_allreduce(x.double(), "fp16")):
+        try:
+            bad()
+        except Exception as e:  # noqa: BLE001 - the message is what is checked
+            errors.append(str(e))
+    return results, errors
+
+
+def test_compressed_allreduce_on_the_backend():
+    out = values(run_world(_compressed, 4))
+    for results, errors in out:
+        assert results["identity"][0] < 1e-6
+        assert results["fp16"][0] < 5e-3
+        assert results["minmax_uint8"][0] < 0.1
+        for codec in results:  # every rank holds the same values
+            assert results[codec][1] == out[0][0][codec][1]
+        assert "minmax_uint8" in errors[0] and "float32" in errors[1]

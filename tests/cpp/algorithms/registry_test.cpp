@@ -40,4 +40,49 @@ TEST(Registry, BadOptionsAreExplained) {
   EXPECT_EQ(a->spec(), "gradient_allreduce:allreduce=ring,hierarchical=true");
 }
 
+TEST(Registry, ComposedSpecsBuildFromTheirParts) {
+  auto& reg = AlgorithmRegistry::instance();
+  const WorldInfo world{0, 4, {0, 0, 1, 1}};
+  auto [name, opts] = parse_algorithm_spec("codec=minmax_uint8, exchange=allreduce");
+  EXPECT_EQ(name, "");
+  EXPECT_EQ(opts.at("codec"), "minmax_uint8");
+  EXPECT_EQ(reg.create("codec=minmax_uint8,exchange=allreduce", world)->spec(),
+            "codec=minmax_uint8,exchange=allreduce,hierarchical=false");
+  EXPECT_EQ(reg.create("codec=fp16", world)->spec(), "codec=fp16,exchange=allreduce,hierarchical=false");
+  EXPECT_EQ(reg.create("codec=bf16,hierarchical=true", world)->spec(),
+            "codec=bf16,exchange=allreduce,hierarchical=true");
+  auto message = [&](const std::string& spec) {
+    try {
+      reg.create(spec, world);
+    } catch (const InvalidArgument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message("codec=sign1bit,exchange=allreduce").find("error-feedback"), std::string::npos);
+  EXPECT_NE(message("codec=zip").find("minmax_uint8"), std::string::npos);
+  EXPECT_NE(message("codec=fp16,exchange=gossip").find("allreduce"), std::string::npos);
+  EXPECT_NE(message("exchange=allreduce").find("name a codec"), std::string::npos);
+  EXPECT_NE(message("codec=fp16,schedule=every:4").find("parts are codec, exchange, hierarchical"),
+            std::string::npos);
+}
+
+TEST(Registry, BytegradPresets) {
+  auto& reg = AlgorithmRegistry::instance();
+  const WorldInfo world{0, 2, {0, 0}};
+  EXPECT_EQ(reg.create("bytegrad", world)->spec(), "bytegrad:hierarchical=false");
+  EXPECT_EQ(reg.create("fp16_allreduce:hierarchical=true", world)->spec(), "fp16_allreduce:hierarchical=true");
+  EXPECT_THROW(reg.create("bytegrad:codec=fp16", world), InvalidArgument);
+}
+
+TEST(Registry, QAdamOptions) {
+  auto& reg = AlgorithmRegistry::instance();
+  const WorldInfo world{0, 2, {0, 0}};
+  EXPECT_EQ(reg.create("qadam:warmup_steps=7,beta1=0.8", world)->spec(), "qadam:beta1=0.8,warmup_steps=7");
+  EXPECT_THROW(reg.create("qadam:warmup_steps=-1", world), InvalidArgument);
+  EXPECT_THROW(reg.create("qadam:warmup_steps=many", world), InvalidArgument);
+  EXPECT_THROW(reg.create("qadam:beta1=1.0", world), InvalidArgument);
+  EXPECT_THROW(reg.create("qadam:beta1=x", world), InvalidArgument);
+}
+
 }  // namespace bagua

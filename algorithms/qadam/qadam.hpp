@@ -1,0 +1,49 @@
+// qadam (BAGUA's compressed Adam): for `warmup_steps` steps the gradients
+// are averaged exactly and bagua_ravnest.QAdamOptimizer runs plain Adam; from
+// then on each rank updates its momentum m = b1 m + (1 - b1) g locally, the
+// momenta are averaged with an 8-bit compressed all-reduce (minmax_uint8),
+// and the optimizer steps with that momentum and the variance frozen at the
+// switch. This object owns the momenta (so they are in the checkpoint) and
+// leaves in each gradient bucket what the optimizer must use: the averaged
+// gradient during warm-up, the averaged momentum after it.
+#pragma once
+
+#include <vector>
+
+#include "algorithms/algorithm.hpp"
+#include "codec/codec.hpp"
+#include "topology/ring.hpp"
+
+namespace bagua {
+
+struct QAdamOptions {
+  std::uint64_t warmup_steps = 100;
+  // double, as Python passes it: the momentum weight 1 - beta1 is then
+  // rounded to fp32 once, like torch's lerp_(g, 1 - beta1) does.
+  double beta1 = 0.9;
+};
+
+class QAdam final : public Algorithm {
+ public:
+  QAdam(QAdamOptions options, int world_size);
+
+  std::string spec() const override;
+  void init_operations(const BucketView& bucket) override;
+  void on_bucket_ready(const BucketView& bucket, StepContext& ctx) override;
+  bool buckets_may_overlap() const override { return true; }
+  AlgorithmState state_dict() const override;
+  void load_state_dict(const AlgorithmState& state) override;
+
+ private:
+  QAdamOptions options_;
+  Ring ring_;
+  std::vector<int> everyone_;
+  CodecPtr codec_;
+  std::vector<std::vector<float>> momenta_;  // per bucket
+};
+
+// m <- m + w (g - m), the way torch's lerp_ computes it (so the momentum
+// during warm-up is torch.optim.Adam's exp_avg to the last bit).
+void lerp_momentum(float* m, const float* g, std::size_t n, float weight);
+
+}  // namespace bagua

@@ -1,0 +1,83 @@
+"""Optimizers that work together with a bagua_ravnest algorithm.
+
+QAdamOptimizer is Adam for the ``qadam`` algorithm (ALGORITHMS.md): during
+``warmup_steps`` it is exactly ``torch.optim.Adam`` on the averaged gradient;
+afterwards the algorithm leaves in each ``.grad`` the momentum it averaged
+(compressed) over all ranks, and the step uses that momentum with the
+variance frozen at the switch, with the usual bias corrections.
+
+    opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=1e-3, warmup_steps=100)
+    model = bagua_ravnest.DistributedDataParallel(model, algorithm="qadam", optimizer=opt)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class QAdamOptimizer(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, warmup_steps: int = 100):
+        if not lr > 0:
+            raise ValueError(f"QAdamOptimizer: lr must be positive, got {lr}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"QAdamOptimizer: betas must be in [0, 1), got {betas}")
+        if not eps > 0:
+            raise ValueError(f"QAdamOptimizer: eps must be positive, got {eps}")
+        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
+            raise ValueError(f"QAdamOptimizer: warmup_steps must be a non-negative integer, got {warmup_steps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+        self.warmup_steps = int(warmup_steps)
+
+    def algorithm_spec(self) -> str:
+        """The qadam spec that matches these hyperparameters."""
+        beta1 = self.param_groups[0]["betas"][0]
+        if any(g["betas"][0] != beta1 for g in self.param_groups):
+            raise ValueError("QAdamOptimizer: every parameter group must use the same betas[0] with qadam")
+        return f"qadam:beta1={beta1!r},warmup_steps={self.warmup_steps}"
+
+    def state_dict(self):
+        out = super().state_dict()
+        out["warmup_steps"] = self.warmup_steps
+        return out
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("warmup_steps", self.warmup_steps)
+        if saved != self.warmup_steps:
+            raise ValueError(f"QAdamOptimizer: the checkpoint used warmup_steps={saved}, this optimizer "
+                             f"{self.warmup_steps}; construct it with the same value")
+        super().load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = int(state["step"].item())
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                if t <= self.warmup_steps:
+                    # Plain Adam on the averaged gradient, as torch.optim.Adam computes it.
+                    exp_avg.lerp_(p.grad, 1 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                    momentum = exp_avg
+                else:
+                    # .grad holds the momentum the algorithm averaged; the variance stays frozen.
+                    momentum = p.grad
+                step_size = group["lr"] / (1 - beta1**t)
+                denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+                p.addcdiv_(momentum, denom, value=-step_size)
+        return loss

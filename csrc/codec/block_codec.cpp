@@ -1,0 +1,75 @@
+#include "codec/block_codec.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "core/error.hpp"
+
+namespace bagua {
+namespace {
+// A header counts in 32 bits; longer inputs get more blocks.
+constexpr std::size_t kMaxBlock = std::size_t{1} << 30;
+}  // namespace
+
+BlockCodec::BlockCodec(std::size_t block_elems, kernels::Isa isa) : isa_(isa), block_elems_(block_elems) {}
+
+std::size_t BlockCodec::block_for(std::size_t count) const {
+  const std::size_t b = block_elems_ == 0 ? count : block_elems_;
+  return std::clamp<std::size_t>(b, 1, kMaxBlock);
+}
+
+std::size_t BlockCodec::wire_bytes(std::size_t count) const {
+  if (count == 0) return 0;
+  const std::size_t block = block_for(count);
+  const std::size_t full = count / block, rest = count % block;
+  return full * (BlockHeader::kBytes + payload_bytes(block)) + (rest ? BlockHeader::kBytes + payload_bytes(rest) : 0);
+}
+
+void BlockCodec::encode(const void* in, std::size_t count, DType dtype, std::uint8_t* wire) const {
+  std::vector<float> scratch;
+  const float* v = as_float(in, count, dtype, scratch);
+  const std::size_t block = block_for(count);
+  for (std::size_t at = 0; at < count; at += block) {
+    const std::size_t n = std::min(block, count - at);
+    BlockHeader h;
+    h.count = static_cast<std::uint32_t>(n);
+    encode_block(v + at, n, h, wire + BlockHeader::kBytes);
+    h.write(wire);
+    wire += BlockHeader::kBytes + payload_bytes(n);
+  }
+}
+
+void BlockCodec::decode(const std::uint8_t* wire, std::size_t wire_size, std::size_t count, float* out,
+                        bool accumulate) const {
+  check_wire_size(wire_size, count);
+  // Every block is checked before any is decoded: a bad one anywhere leaves `out` as it was.
+  const std::size_t block = block_for(count);
+  const std::uint8_t* p = wire;
+  for (std::size_t at = 0; at < count; at += block) {
+    const std::size_t n = std::min(block, count - at);
+    const BlockHeader h = BlockHeader::read(p);
+    if (h.count != n) {
+      throw ProtocolError(fmt::format("{}: block at value {} says {} values, expected {}", name(), at, h.count, n));
+    }
+    if (h.flags & ~BlockHeader::kKnownFlags) {
+      throw ProtocolError(fmt::format("{}: block at value {} has unknown flags {:#x}", name(), at, h.flags));
+    }
+    check_block(h, p + BlockHeader::kBytes, n);
+    p += BlockHeader::kBytes + payload_bytes(n);
+  }
+  p = wire;
+  for (std::size_t at = 0; at < count; at += block) {
+    const std::size_t n = std::min(block, count - at);
+    const BlockHeader h = BlockHeader::read(p);
+    if (h.flags & BlockHeader::kNonFinite) {
+      std::fill(out + at, out + at + n, std::numeric_limits<float>::quiet_NaN());
+    } else {
+      decode_block(h, p + BlockHeader::kBytes, n, out + at, accumulate);
+    }
+    p += BlockHeader::kBytes + payload_bytes(n);
+  }
+}
+
+}  // namespace bagua

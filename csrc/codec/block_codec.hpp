@@ -1,0 +1,39 @@
+// Shared frame of the lossy codecs: the values are cut into blocks of
+// `block_elems` (the last one shorter), each written as a BlockHeader and a
+// payload whose size depends only on the block's count. The frame checks
+// the wire size, every header's count and flags before a block is decoded.
+#pragma once
+
+#include "codec/block_header.hpp"
+#include "codec/codec.hpp"
+
+namespace bagua {
+
+class BlockCodec : public Codec {
+ public:
+  BlockCodec(std::size_t block_elems, kernels::Isa isa);
+
+  std::size_t wire_bytes(std::size_t count) const final;
+  void encode(const void* in, std::size_t count, DType dtype, std::uint8_t* wire) const final;
+  void decode(const std::uint8_t* wire, std::size_t wire_size, std::size_t count, float* out,
+              bool accumulate) const final;
+  bool lossless() const final { return false; }
+
+ protected:
+  virtual std::size_t payload_bytes(std::size_t n) const = 0;
+  // Fills the header's a, b and flags; writes the payload.
+  virtual void encode_block(const float* v, std::size_t n, BlockHeader& h, std::uint8_t* payload) const = 0;
+  // Throws ProtocolError when a header (already known to have the right
+  // count and known flags) or payload is malformed; nothing is written then.
+  virtual void check_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const = 0;
+  virtual void decode_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,
+                            bool accumulate) const = 0;
+
+  kernels::Isa isa_;
+
+ private:
+  std::size_t block_for(std::size_t count) const;
+  std::size_t block_elems_;
+};
+
+}  // namespace bagua

@@ -1,0 +1,30 @@
+// Error feedback for a lossy codec: what a send loses is added to the next
+// send. With x = input + residual, the codec sends C(x) and keeps
+// residual = x - D(C(x)), so over any number of steps
+//     sum of decoded sends + final residual = sum of inputs
+// (to fp32 rounding): nothing is lost, only delayed.
+#pragma once
+
+#include <vector>
+
+#include "codec/codec.hpp"
+
+namespace bagua {
+
+class ErrorFeedback {
+ public:
+  explicit ErrorFeedback(std::size_t count) : residual_(count, 0.0f) {}
+
+  // Encodes input + residual into `wire` (codec.wire_bytes(count) bytes) and
+  // updates the residual. `input` has the count given at construction.
+  void encode(const Codec& codec, const float* input, std::uint8_t* wire);
+
+  std::vector<float>& residual() { return residual_; }
+  const std::vector<float>& residual() const { return residual_; }
+
+ private:
+  std::vector<float> residual_;
+  std::vector<float> scratch_;
+};
+
+}  // namespace bagua

@@ -1,0 +1,120 @@
+#include "codec/kernels.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace bagua::kernels {
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define BAGUA_FINITE_ATTR __attribute__((optimize("finite-math-only", "no-signed-zeros")))
+#else
+#define BAGUA_FINITE_ATTR
+#endif
+
+// The reference: the same loops with the vectorizer off.
+#if defined(__GNUC__) && !defined(__clang__)
+#define BAGUA_KERNEL_NS scalar_impl
+#define BAGUA_KERNEL_ATTR __attribute__((optimize("no-tree-vectorize", "no-tree-slp-vectorize")))
+#include "codec/kernels_body.inc"
+#undef BAGUA_KERNEL_NS
+#undef BAGUA_KERNEL_ATTR
+#define BAGUA_HAVE_SCALAR 1
+#endif
+
+#define BAGUA_KERNEL_NS baseline_impl
+#define BAGUA_KERNEL_ATTR
+#include "codec/kernels_body.inc"
+#undef BAGUA_KERNEL_NS
+#undef BAGUA_KERNEL_ATTR
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// AVX2 without FMA: an FMA would round once where the others round twice.
+#define BAGUA_KERNEL_NS avx2_impl
+#define BAGUA_KERNEL_ATTR __attribute__((target("avx2")))
+#include "codec/kernels_body.inc"
+#undef BAGUA_KERNEL_NS
+#undef BAGUA_KERNEL_ATTR
+#define BAGUA_HAVE_AVX2 1
+#endif
+
+Isa best_isa() {
+#ifdef BAGUA_HAVE_AVX2
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return Isa::Avx2;
+#endif
+  return Isa::Baseline;
+}
+
+std::vector<Isa> available_isas() {
+  std::vector<Isa> out;
+#ifdef BAGUA_HAVE_SCALAR
+  out.push_back(Isa::Scalar);
+#endif
+  out.push_back(Isa::Baseline);
+  if (best_isa() == Isa::Avx2) out.push_back(Isa::Avx2);
+  return out;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Baseline: return "baseline";
+    case Isa::Avx2: return "avx2";
+  }
+  return "?";
+}
+
+// One dispatcher per kernel: the variant asked for, the baseline when it is
+// not built on this platform.
+#ifdef BAGUA_HAVE_SCALAR
+#define BAGUA_CASE_SCALAR(call) \
+  case Isa::Scalar: return scalar_impl::call;
+#else
+#define BAGUA_CASE_SCALAR(call)
+#endif
+#ifdef BAGUA_HAVE_AVX2
+#define BAGUA_CASE_AVX2(call) \
+  case Isa::Avx2: return avx2_impl::call;
+#else
+#define BAGUA_CASE_AVX2(call)
+#endif
+#define BAGUA_DISPATCH(call) \
+  switch (isa) {             \
+    BAGUA_CASE_SCALAR(call)  \
+    BAGUA_CASE_AVX2(call)    \
+    default: return baseline_impl::call; \
+  }
+
+namespace {
+Range min_max_any(const float* v, std::size_t n, Isa isa) { BAGUA_DISPATCH(min_max(v, n)) }
+}  // namespace
+
+Range min_max(const float* v, std::size_t n, Isa isa) {
+  Range r = min_max_any(v, n, isa);
+  // -0 -> +0 (here, outside the finite-math loops): which signed zero a min
+  // keeps depends on the order it met them in.
+  r.lo += 0.0f;
+  r.hi += 0.0f;
+  return r;
+}
+
+void quantize_u8(const float* v, std::size_t n, float lo, float scale, std::uint8_t* q, Isa isa) {
+  BAGUA_DISPATCH(quantize_u8(v, n, lo, scale, q))
+}
+
+void dequantize_u8(const std::uint8_t* q, std::size_t n, float lo, float step, float* out, bool accumulate,
+                   Isa isa) {
+  BAGUA_DISPATCH(dequantize_u8(q, n, lo, step, out, accumulate))
+}
+
+float sum_abs(const float* v, std::size_t n, Isa isa) { BAGUA_DISPATCH(sum_abs(v, n)) }
+
+void sign_pack(const float* v, std::size_t n, std::uint8_t* bits, Isa isa) { BAGUA_DISPATCH(sign_pack(v, n, bits)) }
+
+void sign_unpack(const std::uint8_t* bits, std::size_t n, float scale, float* out, bool accumulate, Isa isa) {
+  BAGUA_DISPATCH(sign_unpack(bits, n, scale, out, accumulate))
+}
+
+}  // namespace bagua::kernels

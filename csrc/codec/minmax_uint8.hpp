@@ -1,0 +1,28 @@
+// minmax_uint8: per block lo = min, hi = max, scale = 255 / (hi - lo + eps),
+// code q = round((v - lo) * scale) in [0, 255], decoded v' = lo + q / scale;
+// so |v - v'| <= (hi - lo + eps) / 510 (plus fp32 rounding). eps = 1e-12.
+// A constant block decodes exactly. A block with NaN or +-Inf, or whose
+// range overflows fp32, is flagged and decodes to NaN.
+#pragma once
+
+#include "codec/block_codec.hpp"
+
+namespace bagua {
+
+class MinMaxUint8Codec final : public BlockCodec {
+ public:
+  static constexpr double kEps = 1e-12;
+
+  explicit MinMaxUint8Codec(std::size_t block_elems = 0, kernels::Isa isa = kernels::best_isa())
+      : BlockCodec(block_elems, isa) {}
+  std::string name() const override { return "minmax_uint8"; }
+
+ private:
+  std::size_t payload_bytes(std::size_t n) const override { return n; }
+  void encode_block(const float* v, std::size_t n, BlockHeader& h, std::uint8_t* payload) const override;
+  void check_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const override;
+  void decode_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,
+                    bool accumulate) const override;
+};
+
+}  // namespace bagua

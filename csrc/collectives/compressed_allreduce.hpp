@@ -1,0 +1,24 @@
+// All-reduce with compressed messages (BAGUA's scatter-reduce): the buffer
+// is cut into one chunk per rank; every rank sends each other rank that
+// rank's chunk, compressed; the owner decodes all copies, adds them in fp32
+// in rank order (its own copy also passes through the codec, so every
+// contribution is treated alike), averages, compresses the result once and
+// sends it to everyone, who decodes it. All ranks end with identical values:
+//     chunk_r = D(C(op_q D(C(x_q[chunk_r]))))      for op = sum or average.
+// Wire volume per rank: 2 (n-1)/n of the buffer, in the codec's size.
+#pragma once
+
+#include <vector>
+
+#include "codec/codec.hpp"
+#include "comm/communicator.hpp"
+
+namespace bagua {
+
+// `ranks`: the group (ascending or not, the same list on every member);
+// the calling rank must be in it. A group of one leaves `data` as it is.
+// `op`: Sum or Avg.
+void compressed_allreduce(Communicator& comm, const std::vector<int>& ranks, float* data, std::size_t count,
+                          const Codec& codec, ReduceOp op, Tag tag);
+
+}  // namespace bagua

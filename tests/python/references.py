@@ -1,0 +1,47 @@
+"""Independent re-implementations, in plain torch, of what the compressing
+algorithms compute (ALGORITHMS.md), for tests to compare against."""
+
+import torch
+import torch.distributed as dist
+
+
+def minmax_roundtrip(v: torch.Tensor) -> torch.Tensor:
+    """minmax_uint8 of one chunk, encode then decode, written from the spec."""
+    if v.numel() == 0:
+        return v.clone()
+    lo, hi = float(v.min()) + 0.0, float(v.max()) + 0.0
+    span = hi - lo + 1e-12  # in double, like the C++ side
+    scale = torch.tensor(255.0 / span, dtype=torch.float32)
+    step = torch.tensor(span / 255.0, dtype=torch.float32)
+    lo_t = torch.tensor(lo, dtype=torch.float32)
+    q = ((v - lo_t) * scale + 0.5).clamp(0, 255).to(torch.int32)
+    return lo_t + q.to(torch.float32) * step
+
+
+ROUNDTRIP = {
+    "bytegrad": minmax_roundtrip,
+    "fp16_allreduce": lambda v: v.half().float(),
+    "bf16_allreduce": lambda v: v.bfloat16().float(),
+}
+
+
+def chunks(count: int, n: int):
+    base, extra = divmod(count, n)
+    offset = 0
+    for r in range(n):
+        size = base + (1 if r < extra else 0)
+        yield offset, size
+        offset += size
+
+
+def reference_average(flat: torch.Tensor, roundtrip, group) -> torch.Tensor:
+    n = dist.get_world_size(group)
+    everyone = [torch.empty_like(flat) for _ in range(n)]
+    dist.all_gather(everyone, flat, group=group)
+    out = torch.empty_like(flat)
+    for off, size in chunks(flat.numel(), n):
+        acc = torch.zeros(size)
+        for q in range(n):  # in rank order, every copy through the codec
+            acc = acc + roundtrip(everyone[q][off : off + size])
+        out[off : off + size] = roundtrip(acc / n)
+    return out
