@@ -398,22 +398,24 @@ _STATE_KEY = "_bagua_algorithm_state"
 
 
 def _with_optimizer_hyperparameters(spec: str, optimizer) -> str:
-    """qadam's hyperparameters live in its optimizer; the spec is derived from it."""
-    if spec.split(":", 1)[0].strip() != "qadam":
+    """qadam's and onebit_adam's hyperparameters live in their optimizer; the
+    spec is derived from it."""
+    name = spec.split(":", 1)[0].strip()
+    if name not in ("qadam", "onebit_adam"):
         return spec
     from .optim import QAdamOptimizer
 
     if not isinstance(optimizer, QAdamOptimizer):
         raise ValueError(
-            "algorithm qadam needs optimizer=bagua_ravnest.QAdamOptimizer(...) (it runs Adam's update with the "
-            "momentum the algorithm averages)"
+            f"algorithm {name} needs optimizer=bagua_ravnest.QAdamOptimizer(...) (it runs Adam's update with the "
+            f"momentum the algorithm averages)"
         )
     if ":" in spec:
         raise ValueError(
-            f"algorithm {spec!r}: qadam takes warmup_steps and betas from its QAdamOptimizer; pass them there "
-            f"and use algorithm='qadam'"
+            f"algorithm {spec!r}: {name} takes warmup_steps and betas from its QAdamOptimizer; pass them there "
+            f"and use algorithm='{name}'"
         )
-    return optimizer.algorithm_spec()
+    return optimizer.algorithm_spec(name)
 
 
 def _save_algorithm_state(module, state_dict, prefix, local_metadata) -> None:

@@ -1,10 +1,13 @@
 """Optimizers that work together with a bagua_ravnest algorithm.
 
-QAdamOptimizer is Adam for the ``qadam`` algorithm (ALGORITHMS.md): during
+QAdamOptimizer is Adam for the ``qadam`` and ``onebit_adam`` algorithms
+(ALGORITHMS.md): during
 ``warmup_steps`` it is exactly ``torch.optim.Adam`` on the averaged gradient;
 afterwards the algorithm leaves in each ``.grad`` the momentum it averaged
 (compressed) over all ranks, and the step uses that momentum with the
-variance frozen at the switch, with the usual bias corrections.
+variance frozen at the switch, with the usual bias corrections. Coordinates
+whose frozen variance is exactly 0 (no gradient during the whole warm-up)
+are not updated after the switch.
 
     opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=1e-3, warmup_steps=100)
     model = bagua_ravnest.DistributedDataParallel(model, algorithm="qadam", optimizer=opt)
@@ -30,12 +33,12 @@ class QAdamOptimizer(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
         self.warmup_steps = int(warmup_steps)
 
-    def algorithm_spec(self) -> str:
-        """The qadam spec that matches these hyperparameters."""
+    def algorithm_spec(self, name: str = "qadam") -> str:
+        """The spec of `name` (qadam or onebit_adam) that matches these hyperparameters."""
         beta1 = self.param_groups[0]["betas"][0]
         if any(g["betas"][0] != beta1 for g in self.param_groups):
-            raise ValueError("QAdamOptimizer: every parameter group must use the same betas[0] with qadam")
-        return f"qadam:beta1={beta1!r},warmup_steps={self.warmup_steps}"
+            raise ValueError(f"QAdamOptimizer: every parameter group must use the same betas[0] with {name}")
+        return f"{name}:beta1={beta1!r},warmup_steps={self.warmup_steps}"
 
     def state_dict(self):
         out = super().state_dict()
@@ -76,7 +79,10 @@ class QAdamOptimizer(torch.optim.Optimizer):
                     momentum = exp_avg
                 else:
                     # .grad holds the momentum the algorithm averaged; the variance stays frozen.
-                    momentum = p.grad
+                    # Where it is 0 the parameter never had a gradient during warm-up: exact Adam
+                    # would not move it (its momentum is 0), and dividing compression noise by
+                    # eps would throw it far away, so it stays put.
+                    momentum = p.grad * (exp_avg_sq > 0)
                 step_size = group["lr"] / (1 - beta1**t)
                 denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
                 p.addcdiv_(momentum, denom, value=-step_size)

@@ -11,8 +11,9 @@ with PeriodicModelAverager, period 4), `horovod`, or any bagua_ravnest
 algorithm spec; options follow a colon and are comma-separated
 (`gradient_allreduce:hierarchical=true,allreduce=inner`), and a spec may be
 composed from parts (`codec=minmax_uint8,exchange=allreduce`). Every
-algorithm trains with SGD (momentum 0.9, --lr) except `qadam`, which is
-Adam (bagua_ravnest.QAdamOptimizer, --adam-lr, warm-up = --warmup-steps).
+algorithm trains with SGD (momentum 0.9, --lr) except `qadam` and
+`onebit_adam`, which are Adam (bagua_ravnest.QAdamOptimizer, --adam-lr,
+--adam-warmup-steps).
 
 With --bandwidth-mbit the ranks run in an emulated cluster with shaped links
 (benchmarks/netem; needs root) and bytes_sent_per_step is read from each
@@ -121,7 +122,7 @@ def _init_horovod(rank: int, world: int, gloo, net):
 
 
 def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_steps: int, rank: int, world: int, net,
-          adam_lr: float):
+          adam_lr: float, adam_warmup: int):
     """The model as trained by `algorithm`, its optimizer, and a function to
     call after each optimizer step (model averaging for local SGD)."""
     after_step = lambda: None  # noqa: E731
@@ -158,11 +159,12 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
         elif algorithm != "ddp":
             raise ValueError(f"unknown baseline {algorithm!r}")
         return model, optimizer_factory(model), after_step
-    if algorithm.split(":", 1)[0] == "qadam":
-        # qadam is an optimizer as much as an exchange: Adam, exact for the
-        # warm-up steps, then with compressed momenta.
-        opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=adam_lr, warmup_steps=max(1, warmup_steps))
-        return bagua_ravnest.DistributedDataParallel(model, algorithm="qadam", optimizer=opt), opt, after_step
+    name = algorithm.split(":", 1)[0]
+    if name in ("qadam", "onebit_adam"):
+        # An optimizer as much as an exchange: Adam, exact for the warm-up
+        # steps, then with compressed momenta.
+        opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=adam_lr, warmup_steps=adam_warmup)
+        return bagua_ravnest.DistributedDataParallel(model, algorithm=name, optimizer=opt), opt, after_step
     opt = optimizer_factory(model)
     return bagua_ravnest.DistributedDataParallel(model, algorithm=algorithm, optimizer=opt), opt, after_step
 
@@ -176,7 +178,7 @@ class _Trainer:
         model = build_model(args.model, seed=args.seed)
         make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9)  # noqa: E731
         self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps, rank, world,
-                                                      net, args.adam_lr)
+                                                      net, args.adam_lr, args.adam_warmup_steps)
         self.task = SyntheticTask(args.model, rank, args.batch_size, seed=args.seed)
         self.step_times: list[float] = []
         self.losses: list[float] = []
@@ -303,7 +305,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the speed figures")
     ap.add_argument("--batch-size", type=int, default=32, help="per rank")
     ap.add_argument("--lr", type=float, default=0.05, help="SGD (momentum 0.9) learning rate of every algorithm but qadam")
-    ap.add_argument("--adam-lr", type=float, default=0.001, help="learning rate of qadam's QAdamOptimizer")
+    ap.add_argument("--adam-lr", type=float, default=0.001, help="learning rate of qadam's and onebit_adam's QAdamOptimizer")
+    ap.add_argument("--adam-warmup-steps", type=int, default=10,
+                    help="exact Adam steps of qadam and onebit_adam before compression (the variance is frozen then)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     ap.add_argument("--rounds", type=int, default=10, help="algorithms take turns this many times")

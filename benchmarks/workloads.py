@@ -21,12 +21,16 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
         )
     if name == "convnet":
         # CIFAR-size input (3x32x32); 2.01 M parameters, so gradient
-        # traffic (8 MB per step) matters next to compute.
+        # traffic (8 MB per step) matters next to compute. Convolutions
+        # before a BatchNorm have no bias (the norm cancels it, as in
+        # ResNets): such a bias only ever gets a rounding-noise gradient,
+        # which a frozen-variance optimizer (qadam, onebit_adam) would turn
+        # into huge steps.
         return nn.Sequential(
-            nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(128, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(256, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+            nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(128, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
             nn.Flatten(), nn.Linear(256 * 16, 256), nn.ReLU(), nn.Linear(256, NUM_CLASSES),
         )
     raise ValueError(f"unknown model {name!r}; choose mlp or convnet")

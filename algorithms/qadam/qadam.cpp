@@ -22,8 +22,12 @@ void lerp_momentum(float* m, const float* g, std::size_t n, float weight) {
   }
 }
 
-QAdam::QAdam(QAdamOptions options, int world_size)
-    : options_(options), ring_(Ring::natural(world_size)), everyone_(world_size), codec_(make_codec("minmax_uint8")) {
+QAdam::QAdam(QAdamOptions options, int rank, int world_size)
+    : options_(std::move(options)),
+      position_(rank),
+      ring_(Ring::natural(world_size)),
+      everyone_(world_size),
+      codec_(make_codec(options_.codec, options_.block_elems)) {
   if (!(options_.beta1 >= 0.0 && options_.beta1 < 1.0)) {
     throw InvalidArgument(fmt::format("qadam: beta1 must be in [0, 1), got {}", options_.beta1));
   }
@@ -31,16 +35,28 @@ QAdam::QAdam(QAdamOptions options, int world_size)
 }
 
 std::string QAdam::spec() const {
-  return fmt::format("qadam:beta1={},warmup_steps={}", options_.beta1, options_.warmup_steps);
+  return fmt::format("{}:beta1={},warmup_steps={}", options_.name, options_.beta1, options_.warmup_steps);
 }
 
 void QAdam::init_operations(const BucketView& b) {
   if (b.dtype != DType::F32) {
-    throw InvalidArgument(fmt::format("qadam keeps fp32 momenta; bucket {} holds {} (keep the parameters in fp32)",
-                                      b.index, dtype_name(b.dtype)));
+    throw InvalidArgument(fmt::format("{} keeps fp32 momenta; bucket {} holds {} (keep the parameters in fp32)",
+                                      options_.name, b.index, dtype_name(b.dtype)));
   }
-  if (momenta_.size() <= static_cast<std::size_t>(b.index)) momenta_.resize(b.index + 1);
-  momenta_[b.index].assign(b.count, 0.0f);
+  const auto i = static_cast<std::size_t>(b.index);
+  if (momenta_.size() <= i) {
+    momenta_.resize(i + 1);
+    if (options_.error_feedback) {
+      worker_residuals_.resize(i + 1);
+      server_residuals_.resize(i + 1);
+    }
+  }
+  momenta_[i].assign(b.count, 0.0f);
+  if (options_.error_feedback) {
+    worker_residuals_[i].assign(b.count, 0.0f);
+    server_residuals_[i].assign(
+        compressed_allreduce_owned_count(b.count, static_cast<int>(everyone_.size()), position_), 0.0f);
+  }
 }
 
 void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
@@ -54,37 +70,73 @@ void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
     return;
   }
   lerp_momentum(m.data(), g, b.count, weight);
-  compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag);
+  if (options_.error_feedback) {
+    const ErrorFeedbackBuffers fb{&worker_residuals_.at(b.index), &server_residuals_.at(b.index)};
+    compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag, &fb);
+  } else {
+    compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag);
+  }
   std::memcpy(g, m.data(), b.count * sizeof(float));
+}
+
+std::vector<std::pair<std::string, std::vector<float>*>> QAdam::state_vectors() {
+  std::vector<std::pair<std::string, std::vector<float>*>> out;
+  for (std::size_t i = 0; i < momenta_.size(); ++i) {
+    out.emplace_back(fmt::format("bucket{}.momentum", i), &momenta_[i]);
+    if (options_.error_feedback) {
+      out.emplace_back(fmt::format("bucket{}.worker_residual", i), &worker_residuals_[i]);
+      out.emplace_back(fmt::format("bucket{}.server_residual", i), &server_residuals_[i]);
+    }
+  }
+  return out;
 }
 
 AlgorithmState QAdam::state_dict() const {
   AlgorithmState out;
-  for (std::size_t i = 0; i < momenta_.size(); ++i) {
-    const auto* p = reinterpret_cast<const std::uint8_t*>(momenta_[i].data());
-    out[fmt::format("bucket{}.momentum", i)] = std::vector<std::uint8_t>(p, p + momenta_[i].size() * sizeof(float));
+  for (const auto& [key, v] : const_cast<QAdam*>(this)->state_vectors()) {
+    const auto* p = reinterpret_cast<const std::uint8_t*>(v->data());
+    out[key] = std::vector<std::uint8_t>(p, p + v->size() * sizeof(float));
   }
   return out;
 }
 
 void QAdam::load_state_dict(const AlgorithmState& state) {
+  const auto vectors = state_vectors();
   // Everything is checked before anything is changed.
-  for (std::size_t i = 0; i < momenta_.size(); ++i) {
-    auto it = state.find(fmt::format("bucket{}.momentum", i));
-    if (it == state.end() || it->second.size() != momenta_[i].size() * sizeof(float)) {
+  for (const auto& [key, v] : vectors) {
+    auto it = state.find(key);
+    if (it == state.end() || it->second.size() != v->size() * sizeof(float)) {
       throw InvalidArgument(fmt::format(
-          "qadam: the checkpoint has no momentum of {} values for bucket {} (saved with another model or bucket_cap_mb?)",
-          momenta_[i].size(), i));
+          "{}: the checkpoint has no {} of {} values (saved with another model, bucket_cap_mb or world size?)",
+          options_.name, key, v->size()));
     }
   }
-  if (state.size() != momenta_.size()) {
-    throw InvalidArgument(fmt::format("qadam: the checkpoint has {} entries, this model has {} buckets", state.size(),
-                                      momenta_.size()));
+  if (state.size() != vectors.size()) {
+    throw InvalidArgument(fmt::format("{}: the checkpoint has {} entries, this model needs {}", options_.name,
+                                      state.size(), vectors.size()));
   }
-  for (std::size_t i = 0; i < momenta_.size(); ++i) {
-    std::memcpy(momenta_[i].data(), state.at(fmt::format("bucket{}.momentum", i)).data(),
-                momenta_[i].size() * sizeof(float));
+  for (const auto& [key, v] : vectors) std::memcpy(v->data(), state.at(key).data(), v->size() * sizeof(float));
+}
+
+QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions opts) {
+  if (auto it = o.find("warmup_steps"); it != o.end()) {
+    try {
+      const long long w = std::stoll(it->second);
+      if (w < 0) throw std::invalid_argument("negative");
+      opts.warmup_steps = static_cast<std::uint64_t>(w);
+    } catch (const std::exception&) {
+      throw InvalidArgument(
+          fmt::format("{}: warmup_steps='{}' is not a non-negative integer", opts.name, it->second));
+    }
   }
+  if (auto it = o.find("beta1"); it != o.end()) {
+    try {
+      opts.beta1 = std::stod(it->second);
+    } catch (const std::exception&) {
+      throw InvalidArgument(fmt::format("{}: beta1='{}' is not a number", opts.name, it->second));
+    }
+  }
+  return opts;
 }
 
 void register_qadam(AlgorithmRegistry& registry) {
@@ -95,25 +147,7 @@ void register_qadam(AlgorithmRegistry& registry) {
                    {{"warmup_steps", "steps of exact Adam before compression starts (default 100)"},
                     {"beta1", "momentum decay, as the optimizer's betas[0] (default 0.9)"}},
                    [](const AlgorithmOptions& o, const WorldInfo& world) -> std::unique_ptr<Algorithm> {
-                     QAdamOptions opts;
-                     if (auto it = o.find("warmup_steps"); it != o.end()) {
-                       try {
-                         const long long w = std::stoll(it->second);
-                         if (w < 0) throw std::invalid_argument("negative");
-                         opts.warmup_steps = static_cast<std::uint64_t>(w);
-                       } catch (const std::exception&) {
-                         throw InvalidArgument(fmt::format("qadam: warmup_steps='{}' is not a non-negative integer",
-                                                           it->second));
-                       }
-                     }
-                     if (auto it = o.find("beta1"); it != o.end()) {
-                       try {
-                         opts.beta1 = std::stod(it->second);
-                       } catch (const std::exception&) {
-                         throw InvalidArgument(fmt::format("qadam: beta1='{}' is not a number", it->second));
-                       }
-                     }
-                     return std::make_unique<QAdam>(opts, world.size);
+                     return std::make_unique<QAdam>(parse_qadam_options(o, QAdamOptions{}), world.rank, world.size);
                    }});
 }
 

@@ -6,17 +6,29 @@
 // switch. This object owns the momenta (so they are in the checkpoint) and
 // leaves in each gradient bucket what the optimizer must use: the averaged
 // gradient during warm-up, the averaged momentum after it.
+//
+// onebit_adam (algorithms/onebit_adam) is the same object with the sign1bit
+// codec and error feedback on both sides of the exchange.
 #pragma once
 
 #include <vector>
 
 #include "algorithms/algorithm.hpp"
+#include "algorithms/registry.hpp"
 #include "codec/codec.hpp"
 #include "topology/ring.hpp"
 
 namespace bagua {
 
 struct QAdamOptions {
+  std::string name = "qadam";
+  std::string codec = "minmax_uint8";
+  bool error_feedback = false;
+  // Values per codec header. Adam divides each momentum by its own sqrt(v),
+  // so the compression error must follow each region's own scale, not the
+  // range of a whole chunk (one chunk of a bucket mixes layers whose
+  // momenta differ by orders of magnitude).
+  std::size_t block_elems = 4096;
   std::uint64_t warmup_steps = 100;
   // double, as Python passes it: the momentum weight 1 - beta1 is then
   // rounded to fp32 once, like torch's lerp_(g, 1 - beta1) does.
@@ -25,7 +37,7 @@ struct QAdamOptions {
 
 class QAdam final : public Algorithm {
  public:
-  QAdam(QAdamOptions options, int world_size);
+  QAdam(QAdamOptions options, int rank, int world_size);
 
   std::string spec() const override;
   void init_operations(const BucketView& bucket) override;
@@ -35,12 +47,23 @@ class QAdam final : public Algorithm {
   void load_state_dict(const AlgorithmState& state) override;
 
  private:
+  // Every per-bucket vector of the state, by its state_dict key.
+  std::vector<std::pair<std::string, std::vector<float>*>> state_vectors();
+
   QAdamOptions options_;
+  int position_;
   Ring ring_;
   std::vector<int> everyone_;
   CodecPtr codec_;
   std::vector<std::vector<float>> momenta_;  // per bucket
+  // With error feedback: what compressing this rank's momentum chunks lost
+  // (worker) and what compressing its owned reduced chunk lost (server).
+  std::vector<std::vector<float>> worker_residuals_, server_residuals_;
 };
+
+// Reads warmup_steps and beta1 from a spec's options (shared by qadam and
+// onebit_adam).
+QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions defaults);
 
 // m <- m + w (g - m), the way torch's lerp_ computes it (so the momentum
 // during warm-up is torch.optim.Adam's exp_avg to the last bit).

@@ -2,14 +2,17 @@
 
 namespace bagua {
 
+void encode_with_feedback(const Codec& codec, const float* x, std::size_t n, float* residual, std::uint8_t* wire) {
+  std::vector<float> v(x, x + n);
+  for (std::size_t i = 0; i < n; ++i) v[i] += residual[i];
+  codec.encode(v.data(), n, DType::F32, wire);
+  // residual = v - D(C(v)): decode into the residual, then flip it around.
+  codec.decode(wire, codec.wire_bytes(n), n, residual, false);
+  for (std::size_t i = 0; i < n; ++i) residual[i] = v[i] - residual[i];
+}
+
 void ErrorFeedback::encode(const Codec& codec, const float* input, std::uint8_t* wire) {
-  const std::size_t n = residual_.size();
-  scratch_.resize(n);
-  for (std::size_t i = 0; i < n; ++i) scratch_[i] = input[i] + residual_[i];
-  codec.encode(scratch_.data(), n, DType::F32, wire);
-  // residual = x - D(C(x)): decode into the residual, then flip it around.
-  codec.decode(wire, codec.wire_bytes(n), n, residual_.data(), false);
-  for (std::size_t i = 0; i < n; ++i) residual_[i] = scratch_[i] - residual_[i];
+  encode_with_feedback(codec, input, residual_.size(), residual_.data(), wire);
 }
 
 }  // namespace bagua

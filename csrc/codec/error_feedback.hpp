@@ -11,6 +11,10 @@
 
 namespace bagua {
 
+// The step itself, on caller-owned memory: wire = C(x + residual) and
+// residual = (x + residual) - D(wire). `wire` has codec.wire_bytes(n) bytes.
+void encode_with_feedback(const Codec& codec, const float* x, std::size_t n, float* residual, std::uint8_t* wire);
+
 class ErrorFeedback {
  public:
   explicit ErrorFeedback(std::size_t count) : residual_(count, 0.0f) {}
@@ -24,7 +28,6 @@ class ErrorFeedback {
 
  private:
   std::vector<float> residual_;
-  std::vector<float> scratch_;
 };
 
 }  // namespace bagua

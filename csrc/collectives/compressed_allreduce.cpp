@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "codec/error_feedback.hpp"
 #include "core/error.hpp"
 #include "topology/ring.hpp"
 
@@ -19,8 +20,12 @@ void wait_all(std::vector<RequestPtr>& requests, std::chrono::milliseconds timeo
 
 }  // namespace
 
+std::size_t compressed_allreduce_owned_count(std::size_t count, int n, int position) {
+  return partition(count, n).at(position).count;
+}
+
 void compressed_allreduce(Communicator& comm, const std::vector<int>& ranks, float* data, std::size_t count,
-                          const Codec& codec, ReduceOp op, Tag tag) {
+                          const Codec& codec, ReduceOp op, Tag tag, const ErrorFeedbackBuffers* feedback) {
   if (op != ReduceOp::Sum && op != ReduceOp::Avg) {
     throw InvalidArgument("compressed_allreduce supports sum and average only");
   }
@@ -31,6 +36,10 @@ void compressed_allreduce(Communicator& comm, const std::vector<int>& ranks, flo
   }
   if (n == 1 || count == 0) return;
   const int p = static_cast<int>(me - ranks.begin());
+  if (feedback && (!feedback->worker || !feedback->server || feedback->worker->size() != count ||
+                   feedback->server->size() != compressed_allreduce_owned_count(count, n, p))) {
+    throw InvalidArgument("compressed_allreduce: error-feedback residuals are missing or of the wrong size");
+  }
   const auto timeout = comm.timeout();
   const std::vector<Segment> chunks = partition(count, n);
   // Empty messages are skipped on both sides (sizes are known to both).
@@ -52,7 +61,12 @@ void compressed_allreduce(Communicator& comm, const std::vector<int>& ranks, flo
   for (int k = 1; k <= n; ++k) {
     const int q = (p + k) % n;  // my own chunk last: the others' are on their way first
     outgoing[q].resize(codec.wire_bytes(chunks[q].count));
-    codec.encode(data + chunks[q].offset, chunks[q].count, DType::F32, outgoing[q].data());
+    if (feedback) {
+      encode_with_feedback(codec, data + chunks[q].offset, chunks[q].count,
+                           feedback->worker->data() + chunks[q].offset, outgoing[q].data());
+    } else {
+      codec.encode(data + chunks[q].offset, chunks[q].count, DType::F32, outgoing[q].data());
+    }
     if (q != p) sends.push_back(send(outgoing[q], q));
   }
 
@@ -70,7 +84,11 @@ void compressed_allreduce(Communicator& comm, const std::vector<int>& ranks, flo
 
   // Gather: my reduced chunk, compressed once, to everyone; theirs to me.
   std::vector<std::uint8_t> mine(codec.wire_bytes(acc.size()));
-  codec.encode(acc.data(), acc.size(), DType::F32, mine.data());
+  if (feedback) {
+    encode_with_feedback(codec, acc.data(), acc.size(), feedback->server->data(), mine.data());
+  } else {
+    codec.encode(acc.data(), acc.size(), DType::F32, mine.data());
+  }
   std::vector<std::vector<std::uint8_t>> gathered(n);
   for (int q = 0; q < n; ++q) {
     if (q == p) continue;

@@ -15,10 +15,24 @@
 
 namespace bagua {
 
+// Error feedback on both sides of the exchange (1-bit Adam): what a rank's
+// compression of its chunks loses (`worker`, count values) and what the
+// owner's compression of the reduced chunk loses (`server`, the owned
+// chunk's values) is added to the next call's values instead of being lost.
+struct ErrorFeedbackBuffers {
+  std::vector<float>* worker = nullptr;
+  std::vector<float>* server = nullptr;
+};
+
 // `ranks`: the group (ascending or not, the same list on every member);
 // the calling rank must be in it. A group of one leaves `data` as it is.
-// `op`: Sum or Avg.
+// `op`: Sum or Avg. `feedback`: null, or both residuals (sized by the caller
+// with compressed_allreduce_owned_count for the server side).
 void compressed_allreduce(Communicator& comm, const std::vector<int>& ranks, float* data, std::size_t count,
-                          const Codec& codec, ReduceOp op, Tag tag);
+                          const Codec& codec, ReduceOp op, Tag tag, const ErrorFeedbackBuffers* feedback = nullptr);
+
+// How many values of a `count`-value buffer the rank at `position` of an
+// n-rank group owns (reduces) in compressed_allreduce.
+std::size_t compressed_allreduce_owned_count(std::size_t count, int n, int position);
 
 }  // namespace bagua

@@ -45,3 +45,34 @@ def reference_average(flat: torch.Tensor, roundtrip, group) -> torch.Tensor:
             acc = acc + roundtrip(everyone[q][off : off + size])
         out[off : off + size] = roundtrip(acc / n)
     return out
+
+
+def sign_roundtrip(v: torch.Tensor) -> torch.Tensor:
+    """sign1bit of one chunk, encode then decode: +-mean|v| by sign (0 counts as +)."""
+    if v.numel() == 0:
+        return v.clone()
+    scale = v.abs().sum() / v.numel()
+    return torch.where(v >= 0, scale, -scale)
+
+
+def reference_average_with_feedback(flat: torch.Tensor, worker: torch.Tensor, server: torch.Tensor, group):
+    """onebit_adam's exchange of one bucket: each rank sends C(x + worker
+    residual) per chunk; the owner of chunk r averages the decoded copies,
+    adds its server residual and sends C of that back. Every rank sees every
+    decoded send, so each keeps all owners' server residuals (its own part is
+    what the owner keeps). Returns (result, new worker, new server)."""
+    n = dist.get_world_size(group)
+    x = flat + worker
+    sent = torch.cat([sign_roundtrip(x[off : off + size]) for off, size in chunks(x.numel(), n)])
+    new_worker = x - sent
+    everyone = [torch.empty_like(sent) for _ in range(n)]
+    dist.all_gather(everyone, sent, group=group)
+    out, new_server = torch.empty_like(flat), torch.empty_like(flat)
+    for off, size in chunks(flat.numel(), n):
+        acc = torch.zeros(size)
+        for q in range(n):
+            acc = acc + everyone[q][off : off + size]
+        y = acc / n + server[off : off + size]
+        out[off : off + size] = sign_roundtrip(y)
+        new_server[off : off + size] = y - out[off : off + size]
+    return out, new_worker, new_server

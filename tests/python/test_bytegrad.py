@@ -86,7 +86,7 @@ def test_non_fp32_gradients_are_refused_with_the_fix():
         assert not r.ok and "compresses fp32 gradients" in r.error and "gradient_allreduce" in r.error
 
 
-def test_converges_like_ddp_on_the_benchmark_task(tmp_path):
+def test_compressed_algorithms_converge_like_ddp_on_the_benchmark_task(tmp_path):
     import json
     import os
     import subprocess
@@ -95,7 +95,8 @@ def test_converges_like_ddp_on_the_benchmark_task(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = tmp_path / "train.json"
     proc = subprocess.run([sys.executable, "benchmarks/train.py", "--world-size", "4", "--model", "mlp",
-                           "--algorithms", "ddp,bytegrad,codec=fp16,exchange=allreduce", "--steps", "60",
+                           "--algorithms", "ddp,bytegrad,codec=fp16,exchange=allreduce,qadam,onebit_adam",
+                           "--steps", "60",
                            "--quiet", "--json", str(out)], cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["algorithm"]: r for r in json.loads(out.read_text())["rows"]}
@@ -103,3 +104,6 @@ def test_converges_like_ddp_on_the_benchmark_task(tmp_path):
     for name in ("bytegrad", "codec=fp16,exchange=allreduce"):
         assert abs(rows[name]["final_loss"] - ddp) <= 0.05 * ddp, (name, rows[name]["final_loss"], ddp)
     assert rows["codec=fp16,exchange=allreduce"]["spec"] == "codec=fp16,exchange=allreduce,hierarchical=false"
+    # qadam and onebit_adam train with Adam (ddp with SGD): no more than 5% above ddp's loss.
+    for name in ("qadam", "onebit_adam"):
+        assert rows[name]["final_loss"] <= 1.05 * ddp, (name, rows[name]["final_loss"], ddp)

@@ -1,6 +1,6 @@
-"""qadam with bagua_ravnest.QAdamOptimizer: exactly Adam during warm-up;
-after it, against an independent reference in plain torch.distributed over
-Gloo; and a checkpoint taken mid-run resumes exactly."""
+"""qadam and onebit_adam with bagua_ravnest.QAdamOptimizer: exactly Adam
+during warm-up; after it, against an independent reference in plain
+torch.distributed over Gloo; and a checkpoint taken mid-run resumes exactly."""
 
 import io
 import math
@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as TorchDDP
 import bagua_ravnest
 from bagua_ravnest.launch import run_world, values
 from models import batches, flat_params, mlp
-from references import minmax_roundtrip, reference_average
+from references import minmax_roundtrip, reference_average, reference_average_with_feedback
 
 LR = 0.01
 
@@ -25,13 +25,13 @@ def _step(model, opt, x, y):
     opt.step()
 
 
-def _warmup_is_adam(rank, world):
+def _warmup_is_adam(rank, world, algorithm):
     gloo = dist.new_group(backend="gloo")
     ref = TorchDDP(mlp(), process_group=gloo)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=LR, foreach=False)
     net = mlp()
     opt = bagua_ravnest.QAdamOptimizer(net.parameters(), lr=LR, warmup_steps=100)
-    ours = bagua_ravnest.DistributedDataParallel(net, algorithm="qadam", optimizer=opt)
+    ours = bagua_ravnest.DistributedDataParallel(net, algorithm=algorithm, optimizer=opt)
     for x, y in batches(rank, 8):
         _step(ref, ref_opt, x, y)
         _step(ours, opt, x, y)
@@ -39,17 +39,19 @@ def _warmup_is_adam(rank, world):
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_before_the_switch_it_is_adam_on_the_averaged_gradient(world):
-    for diff, spec in values(run_world(_warmup_is_adam, world)):
+@pytest.mark.parametrize("algorithm", ["qadam", "onebit_adam"])
+def test_before_the_switch_it_is_adam_on_the_averaged_gradient(world, algorithm):
+    for diff, spec in values(run_world(_warmup_is_adam, world, algorithm)):
         assert diff <= 1e-6
-        assert spec == "qadam:beta1=0.9,warmup_steps=100"
+        assert spec == f"{algorithm}:beta1=0.9,warmup_steps=100"
 
 
-def _against_reference(rank, world, warmup, steps):
+def _against_reference(rank, world, algorithm, warmup, steps):
     gloo = dist.new_group(backend="gloo")
     net = mlp()
     opt = bagua_ravnest.QAdamOptimizer(net.parameters(), lr=LR, warmup_steps=warmup)
-    ours = bagua_ravnest.DistributedDataParallel(net, algorithm="qadam", optimizer=opt, bucket_cap_mb=0.001)
+    ours = bagua_ravnest.DistributedDataParallel(net, algorithm=algorithm, optimizer=opt, bucket_cap_mb=0.001)
+    residuals = {}  # bucket -> (worker, server), for onebit_adam
     ref = mlp()
     params = list(ref.parameters())
     b1, b2, eps = 0.9, 0.999, 1e-8
@@ -79,9 +81,14 @@ def _against_reference(rank, world, warmup, steps):
         else:  # local momentum, averaged per bucket through minmax_uint8; v frozen
             for i, g in enumerate(grads):
                 m[i] = m[i] + (1 - b1) * (g - m[i])
-            for members in ours._bucket_members:
+            for b, members in enumerate(ours._bucket_members):
                 flat = torch.cat([m[i].reshape(-1) for i in members])
-                averaged = reference_average(flat, minmax_roundtrip, gloo)
+                if algorithm == "qadam":
+                    averaged = reference_average(flat, minmax_roundtrip, gloo)
+                else:
+                    worker, server = residuals.get(b, (torch.zeros_like(flat), torch.zeros_like(flat)))
+                    averaged, worker, server = reference_average_with_feedback(flat, worker, server, gloo)
+                    residuals[b] = (worker, server)
                 offset = 0
                 for i in members:
                     m[i] = averaged[offset : offset + m[i].numel()].view_as(m[i]).clone()
@@ -92,20 +99,23 @@ def _against_reference(rank, world, warmup, steps):
         with torch.no_grad():
             for p, mo, vi in zip(params, momentum, v):
                 denom = (vi.sqrt() / math.sqrt(1 - b2**t)).add_(eps)
+                if t > warmup:  # no update where the frozen variance is 0
+                    mo = mo * (vi > 0)
                 p.addcdiv_(mo, denom, value=-LR / (1 - b1**t))
     return (flat_params(ours) - flat_params(ref)).abs().max().item()
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_after_the_switch_matches_the_reference(world):
-    for diff in values(run_world(_against_reference, world, 3, 8)):
+@pytest.mark.parametrize("algorithm", ["qadam", "onebit_adam"])
+def test_after_the_switch_matches_the_reference(world, algorithm):
+    for diff in values(run_world(_against_reference, world, algorithm, 3, 8)):
         assert diff <= 1e-5, diff
 
 
-def _train(rank, world, steps, resume_from, skip):
+def _train(rank, world, algorithm, steps, resume_from, skip):
     net = mlp()
     opt = bagua_ravnest.QAdamOptimizer(net.parameters(), lr=LR, warmup_steps=2)
-    model = bagua_ravnest.DistributedDataParallel(net, algorithm="qadam", optimizer=opt)
+    model = bagua_ravnest.DistributedDataParallel(net, algorithm=algorithm, optimizer=opt)
     if resume_from is not None:
         state = torch.load(io.BytesIO(resume_from[rank]), weights_only=True)
         model.load_state_dict(state["model"])
@@ -118,13 +128,14 @@ def _train(rank, world, steps, resume_from, skip):
     return flat_params(model).tolist(), buf.getvalue(), model.step, sorted(model.state_dict())
 
 
-def test_checkpoint_resumes_exactly():
+@pytest.mark.parametrize("algorithm", ["qadam", "onebit_adam"])
+def test_checkpoint_resumes_exactly(algorithm):
     world = 2
-    straight = values(run_world(_train, world, 6, None, 0))
-    first = values(run_world(_train, world, 3, None, 0))
+    straight = values(run_world(_train, world, algorithm, 6, None, 0))
+    first = values(run_world(_train, world, algorithm, 3, None, 0))
     saved = [r[1] for r in first]
     assert "_bagua_algorithm_state" in first[0][3]
-    resumed = values(run_world(_train, world, 3, saved, 3))
+    resumed = values(run_world(_train, world, algorithm, 3, saved, 3))
     for r in range(world):
         assert resumed[r][2] == 6  # the step counter came back too
         assert resumed[r][0] == straight[r][0], "a resumed run must continue exactly as an uninterrupted one"

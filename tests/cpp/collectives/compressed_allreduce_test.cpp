@@ -9,6 +9,7 @@
 #include "collectives/compressed_exchange.hpp"
 #include "core/error.hpp"
 #include "support/run_ranks.hpp"
+#include "topology/ring.hpp"
 
 namespace bagua {
 
@@ -68,6 +69,45 @@ TEST(CompressedExchange, SwapsDecodedValues) {
     compressed_exchange(comm, 1 - rank, mine.data(), theirs.data(), mine.size(), *codec, 9);
     EXPECT_EQ(theirs[99], 1.5f - rank);
   });
+}
+
+}  // namespace bagua
+
+namespace bagua {
+
+// 1-bit exchange with error feedback on both sides: over any number of
+// calls, outputs + the owner's residual + the mean of the senders' residuals
+// add up to the mean of all inputs. Nothing is lost, only delayed.
+TEST(CompressedAllreduce, ErrorFeedbackLosesNothingOverTime) {
+  const int n = 3;
+  const std::size_t count = 101;
+  const int steps = 7;
+  auto codec = make_codec("sign1bit");
+  std::vector<std::vector<double>> out_sum(n, std::vector<double>(count, 0.0));
+  std::vector<std::vector<float>> worker(n, std::vector<float>(count, 0.0f)), server(n);
+  std::vector<int> ranks{0, 1, 2};
+  testing::run_ranks(n, [&](int rank, Communicator& comm) {
+    server[rank].assign(compressed_allreduce_owned_count(count, n, rank), 0.0f);
+    const ErrorFeedbackBuffers fb{&worker[rank], &server[rank]};
+    for (int t = 0; t < steps; ++t) {
+      std::vector<float> x(count);
+      for (std::size_t i = 0; i < count; ++i) x[i] = input(rank, i + 13 * t);
+      compressed_allreduce(comm, ranks, x.data(), count, *codec, ReduceOp::Avg, 20 + t, &fb);
+      for (std::size_t i = 0; i < count; ++i) out_sum[rank][i] += x[i];
+    }
+  });
+  const auto chunks = partition(count, n);
+  for (int owner = 0; owner < n; ++owner) {
+    for (std::size_t k = 0; k < chunks[owner].count; ++k) {
+      const std::size_t i = chunks[owner].offset + k;
+      double inputs = 0, senders = 0;
+      for (int q = 0; q < n; ++q) {
+        for (int t = 0; t < steps; ++t) inputs += input(q, i + 13 * t);
+        senders += worker[q][i];
+      }
+      EXPECT_NEAR(out_sum[0][i] + server[owner][k] + senders / n, inputs / n, 1e-4) << i;
+    }
+  }
 }
 
 }  // namespace bagua
