@@ -9,16 +9,6 @@
 #include "topology/ring.hpp"
 
 namespace bagua {
-namespace {
-
-void wait_all(std::vector<RequestPtr>& requests, std::chrono::milliseconds timeout) {
-  for (auto& r : requests) {
-    if (r) r->wait(timeout);
-  }
-  requests.clear();
-}
-
-}  // namespace
 
 std::size_t compressed_allreduce_owned_count(std::size_t count, int n, int position) {
   return partition(count, n).at(position).count;

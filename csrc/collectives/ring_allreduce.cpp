@@ -27,11 +27,6 @@ Plan make_plan(std::size_t count, int n, DType dtype, std::size_t chunk_bytes) {
   return plan;
 }
 
-void wait_all(std::vector<RequestPtr>& requests, std::chrono::milliseconds timeout) {
-  for (auto& r : requests) r->wait(timeout);
-  requests.clear();
-}
-
 }  // namespace
 
 void ring_allreduce(Communicator& comm, const Ring& ring, void* data, std::size_t count, DType dtype,

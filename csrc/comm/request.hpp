@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <memory>
+#include <vector>
 
 namespace bagua {
 
@@ -21,5 +22,14 @@ class CompletedRequest final : public Request {
  public:
   void wait(std::chrono::milliseconds) override {}
 };
+
+// Waits for every request (null entries are skipped: operations that sent
+// nothing), each with `timeout`, then empties the list.
+inline void wait_all(std::vector<RequestPtr>& requests, std::chrono::milliseconds timeout) {
+  for (auto& r : requests) {
+    if (r) r->wait(timeout);
+  }
+  requests.clear();
+}
 
 }  // namespace bagua
