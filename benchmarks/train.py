@@ -122,7 +122,7 @@ def _init_horovod(rank: int, world: int, gloo, net):
 
 
 def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_steps: int, rank: int, world: int, net,
-          adam_lr: float, adam_warmup: int):
+          adam_lr: float, adam_warmup: int, bucket_cap_mb: float | None = None):
     """The model as trained by `algorithm`, its optimizer, and a function to
     call after each optimizer step (model averaging for local SGD)."""
     after_step = lambda: None  # noqa: E731
@@ -137,7 +137,9 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
         # PowerSGD chains all-reduces in future callbacks; with several buckets
         # the ranks would issue them in different orders, which Gloo (matching
         # collectives by order) cannot take. One bucket keeps one chain per step.
-        cap = {"bucket_cap_mb": 1024} if algorithm == "ddp_powersgd" else {}
+        cap = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
+        if algorithm == "ddp_powersgd":
+            cap = {"bucket_cap_mb": 1024}
         model = TorchDDP(model, process_group=gloo, **cap)
         if algorithm == "ddp_fp16":
             model.register_comm_hook(gloo, default_hooks.fp16_compress_hook)
@@ -160,13 +162,14 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
             raise ValueError(f"unknown baseline {algorithm!r}")
         return model, optimizer_factory(model), after_step
     name = algorithm.split(":", 1)[0]
+    cap = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
     if name in ("qadam", "onebit_adam"):
         # An optimizer as much as an exchange: Adam, exact for the warm-up
         # steps, then with compressed momenta.
         opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=adam_lr, warmup_steps=adam_warmup)
-        return bagua_ravnest.DistributedDataParallel(model, algorithm=name, optimizer=opt), opt, after_step
+        return bagua_ravnest.DistributedDataParallel(model, algorithm=name, optimizer=opt, **cap), opt, after_step
     opt = optimizer_factory(model)
-    return bagua_ravnest.DistributedDataParallel(model, algorithm=algorithm, optimizer=opt), opt, after_step
+    return bagua_ravnest.DistributedDataParallel(model, algorithm=algorithm, optimizer=opt, **cap), opt, after_step
 
 
 class _Trainer:
@@ -178,9 +181,11 @@ class _Trainer:
         model = build_model(args.model, seed=args.seed)
         make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9)  # noqa: E731
         self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps, rank, world,
-                                                      net, args.adam_lr, args.adam_warmup_steps)
+                                                      net, args.adam_lr, args.adam_warmup_steps,
+                                                      args.bucket_cap_mb)
         self.task = SyntheticTask(args.model, rank, args.batch_size, seed=args.seed)
         self.step_times: list[float] = []
+        self.phases: list[tuple[float, float, float]] = []  # forward, backward, optimizer step (s)
         self.losses: list[float] = []
         self.sent_bytes = 0  # on the wire, during timed steps
 
@@ -192,10 +197,14 @@ class _Trainer:
             t0 = time.perf_counter()
             self.opt.zero_grad()
             loss = nn.functional.cross_entropy(self.model(x), y)
+            t1 = time.perf_counter()
             loss.backward()
+            t2 = time.perf_counter()
             self.opt.step()
             self.after_step()
-            self.step_times.append(time.perf_counter() - t0)
+            t3 = time.perf_counter()
+            self.step_times.append(t3 - t0)
+            self.phases.append((t1 - t0, t2 - t1, t3 - t2))
             self.losses.append(float(loss.detach()))
             if progress is not None:
                 progress.update(1)
@@ -216,6 +225,11 @@ class _Trainer:
         if self.ifname != "lo":
             dist.all_reduce(sent, group=gloo)
         timed_steps = len(timed)
+        # Where a step's time goes (medians; the slowest rank's): a wait for
+        # communication shows in backward (DDP-style hooks) or step.
+        phases = torch.tensor(self.phases[args.warmup_steps :] or [(0.0, 0.0, 0.0)], dtype=torch.float64)
+        phases = phases.median(dim=0).values
+        dist.all_reduce(phases, op=dist.ReduceOp.MAX, group=gloo)
         seconds = torch.cumsum(t, 0)
         below = [i for i, v in enumerate(mean_loss) if args.target_loss is not None and v < args.target_loss]
         return {
@@ -227,6 +241,7 @@ class _Trainer:
             "steps": args.steps,
             "samples_per_s": world * args.batch_size * len(timed) / float(timed.sum()),
             "step_ms_median": 1000 * statistics.median(timed.tolist()),
+            "phase_ms_median": dict(zip(("forward", "backward", "step"), (1000 * phases).tolist())),
             "final_loss": statistics.fmean(mean_loss[-5:]),
             "bytes_sent_per_step": float(sent) / world / max(1, timed_steps),
             "time_to_target_s": float(seconds[below[0]]) if below else None,
@@ -309,6 +324,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--adam-warmup-steps", type=int, default=10,
                     help="exact Adam steps of qadam and onebit_adam before compression (the variance is frozen then)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bucket-cap-mb", type=float, default=None,
+                    help="bucket size cap of every DDP-style wrapper (default: each one's own, 25 MiB)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     ap.add_argument("--rounds", type=int, default=10, help="algorithms take turns this many times")
     ap.add_argument("--timeout", type=float, default=3600)

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "codec/error_feedback.hpp"
+#include "collectives/scratch.hpp"
 #include "core/error.hpp"
 #include "topology/ring.hpp"
 
@@ -32,69 +33,89 @@ void compressed_allreduce(Communicator& comm, const std::vector<int>& ranks, flo
   }
   const auto timeout = comm.timeout();
   const std::vector<Segment> chunks = partition(count, n);
-  // Empty messages are skipped on both sides (sizes are known to both).
-  auto send = [&](const std::vector<std::uint8_t>& w, int q) {
-    return w.empty() ? nullptr : comm.isend(w.data(), w.size(), ranks[q], tag);
-  };
-  auto recv = [&](std::vector<std::uint8_t>& w, int q) {
-    return w.empty() ? nullptr : comm.irecv(w.data(), w.size(), ranks[q], tag);
-  };
+  auto wire_of = [&](int q) { return codec.wire_bytes(chunks[q].count); };
 
-  // Scatter: everyone's copy of my chunk comes to me.
-  std::vector<std::vector<std::uint8_t>> outgoing(n), incoming(n);
-  std::vector<RequestPtr> recvs(n), sends;
-  for (int q = 0; q < n; ++q) {
-    if (q == p) continue;
-    incoming[q].resize(codec.wire_bytes(chunks[p].count));
-    recvs[q] = recv(incoming[q], q);
-  }
-  for (int k = 1; k <= n; ++k) {
-    const int q = (p + k) % n;  // my own chunk last: the others' are on their way first
-    outgoing[q].resize(codec.wire_bytes(chunks[q].count));
-    if (feedback) {
-      encode_with_feedback(codec, data + chunks[q].offset, chunks[q].count,
-                           feedback->worker->data() + chunks[q].offset, outgoing[q].data());
+  // Reused per-thread memory (no allocation per call): every chunk's wire
+  // form (the sends of the scatter, later the receives of the gather), n
+  // copies of my chunk's wire form (the receives of the scatter; the last
+  // slot holds my own copy), the fp32 sum of my chunk, its wire form.
+  auto align = [](std::size_t b) { return (b + 63) & ~std::size_t{63}; };
+  std::vector<std::size_t> offset(n + 1, 0);
+  for (int q = 0; q < n; ++q) offset[q + 1] = offset[q] + align(wire_of(q));
+  const std::size_t mine_wire = wire_of(p), slot = align(mine_wire);
+  std::uint8_t* const wires = thread_scratch(offset[n] + n * slot + align(chunks[p].count * sizeof(float)) + slot);
+  std::uint8_t* const copies = wires + offset[n];
+  float* const acc = reinterpret_cast<float*>(copies + n * slot);
+  std::uint8_t* const mine = copies + n * slot + align(chunks[p].count * sizeof(float));
+  auto copy_of = [&](int q) { return q == p ? copies + (n - 1) * slot : copies + ((p - q + n) % n - 1) * slot; };
+
+  auto encode = [&](const float* x, std::size_t k, float* residual, std::uint8_t* wire) {
+    if (residual) {
+      encode_with_feedback(codec, x, k, residual, wire);
     } else {
-      codec.encode(data + chunks[q].offset, chunks[q].count, DType::F32, outgoing[q].data());
+      codec.encode(x, k, DType::F32, wire);
     }
-    if (q != p) sends.push_back(send(outgoing[q], q));
-  }
+  };
+  auto exchange = [&](const std::uint8_t* out, std::size_t out_bytes, int to, std::uint8_t* in, std::size_t in_bytes,
+                      int from) {
+    // Empty messages are skipped on both sides (sizes are known to both).
+    std::vector<RequestPtr> ops;
+    if (in_bytes) ops.push_back(comm.irecv(in, in_bytes, ranks[from], tag));
+    if (out_bytes) ops.push_back(comm.isend(out, out_bytes, ranks[to], tag));
+    return ops;
+  };
 
-  // Reduce, in rank order so that the sum is the same whoever computes it.
-  std::vector<float> acc(chunks[p].count, 0.0f);
-  for (int q = 0; q < n; ++q) {
-    if (q != p && recvs[q]) recvs[q]->wait(timeout);
-    const auto& w = q == p ? outgoing[p] : incoming[q];
-    codec.decode(w.data(), w.size(), acc.size(), acc.data(), true);
+  // Scatter, in n-1 rounds: in round k I send rank p+k its chunk and get
+  // my chunk from rank p-k. Each link carries one message per round, all of
+  // the same size, so they finish together (all n-1 at once would share
+  // every link between TCP flows, and the slowest flow sets the pace).
+  // The next round's chunk is encoded while a round is on the wire, and
+  // copies are summed as soon as the rank order allows (the order of an
+  // fp32 sum changes its result; rank order makes it the same on any rank).
+  float* worker = feedback ? feedback->worker->data() : nullptr;
+  auto encode_chunk = [&](int q) {
+    encode(data + chunks[q].offset, chunks[q].count, worker ? worker + chunks[q].offset : nullptr,
+           q == p ? copy_of(p) : wires + offset[q]);
+  };
+  std::fill(acc, acc + chunks[p].count, 0.0f);
+  std::vector<bool> have(n, false);
+  int summed = 0;
+  auto sum_ready = [&] {
+    for (; summed < n && have[summed]; ++summed) {
+      codec.decode(copy_of(summed), mine_wire, chunks[p].count, acc, true);
+    }
+  };
+  encode_chunk((p + 1) % n);
+  for (int k = 1; k < n; ++k) {
+    const int to = (p + k) % n, from = (p - k + n) % n;
+    auto ops = exchange(wires + offset[to], wire_of(to), to, copy_of(from), mine_wire, from);
+    encode_chunk(k + 1 < n ? (p + k + 1) % n : p);
+    if (k == n - 1) have[p] = true;
+    wait_all(ops, timeout);
+    have[from] = true;
+    sum_ready();
   }
   if (op == ReduceOp::Avg) {
     const float div = static_cast<float>(n);
-    for (float& x : acc) x /= div;
+    for (std::size_t i = 0; i < chunks[p].count; ++i) acc[i] /= div;
   }
 
-  // Gather: my reduced chunk, compressed once, to everyone; theirs to me.
-  std::vector<std::uint8_t> mine(codec.wire_bytes(acc.size()));
-  if (feedback) {
-    encode_with_feedback(codec, acc.data(), acc.size(), feedback->server->data(), mine.data());
-  } else {
-    codec.encode(acc.data(), acc.size(), DType::F32, mine.data());
+  // Gather, in n-1 rounds of the same shape: my reduced chunk, compressed
+  // once, to everyone; theirs to me, decoded while the next round runs.
+  encode(acc, chunks[p].count, feedback ? feedback->server->data() : nullptr, mine);
+  codec.decode(mine, mine_wire, chunks[p].count, data + chunks[p].offset, false);
+  int pending = -1;
+  for (int k = 1; k < n; ++k) {
+    const int to = (p + k) % n, from = (p - k + n) % n;
+    auto ops = exchange(mine, mine_wire, to, wires + offset[from], wire_of(from), from);
+    if (pending >= 0) {
+      codec.decode(wires + offset[pending], wire_of(pending), chunks[pending].count, data + chunks[pending].offset,
+                   false);
+    }
+    wait_all(ops, timeout);
+    pending = from;
   }
-  std::vector<std::vector<std::uint8_t>> gathered(n);
-  for (int q = 0; q < n; ++q) {
-    if (q == p) continue;
-    gathered[q].resize(codec.wire_bytes(chunks[q].count));
-    recvs[q] = recv(gathered[q], q);
-  }
-  for (int q = 0; q < n; ++q) {
-    if (q != p) sends.push_back(send(mine, q));
-  }
-  codec.decode(mine.data(), mine.size(), acc.size(), data + chunks[p].offset, false);
-  for (int q = 0; q < n; ++q) {
-    if (q == p) continue;
-    if (recvs[q]) recvs[q]->wait(timeout);
-    codec.decode(gathered[q].data(), gathered[q].size(), chunks[q].count, data + chunks[q].offset, false);
-  }
-  wait_all(sends, timeout);
+  codec.decode(wires + offset[pending], wire_of(pending), chunks[pending].count, data + chunks[pending].offset, false);
 }
 
 }  // namespace bagua
