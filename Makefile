@@ -56,7 +56,7 @@ test: cpp-test py-test fuzz
 fuzz-build: deps
 	@[ -f build/fuzz/build.ninja ] || CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBAGUA_BUILD_TESTS=OFF -DBAGUA_BUILD_EXTENSION=OFF \
-	  -DBAGUA_BUILD_FUZZERS=ON >/dev/null
+	  -DBAGUA_BUILD_FUZZERS=ON -DBAGUA_CUDA=OFF >/dev/null
 	@cmake --build build/fuzz -j $(JOBS) --target $(addprefix fuzz_decode_,$(FUZZ_CODECS))
 
 fuzz: fuzz-build

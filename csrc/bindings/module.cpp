@@ -15,6 +15,7 @@
 #include "backend/scalar_type.hpp"
 #include "comm/c10d_communicator.hpp"
 #include "codec/codec.hpp"
+#include "codec/cuda/cuda_codec.hpp"
 #include "comm/shm_transport.hpp"
 #include "core/error.hpp"
 #include "engine/bucket_plan.hpp"
@@ -36,6 +37,27 @@ std::chrono::milliseconds to_ms(double seconds) {
     throw InvalidArgument(fmt::format("timeout must be a positive, finite number of seconds, got {}", seconds));
   }
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0));
+}
+
+// Whether a codec call runs on the GPU: CUDA tensors go to the CUDA kernels
+// (of the tensor's device), CPU tensors to the CPU loops, others are refused.
+bool on_cuda(const at::Tensor& t, const char* what) {
+  if (t.device().is_cpu()) return false;
+  if (!t.device().is_cuda()) {
+    throw InvalidArgument(fmt::format("{} is on {}; codecs run on CPU or CUDA tensors", what, t.device().str()));
+  }
+  if (!cuda::built()) {
+    throw InvalidArgument(fmt::format("{} is a CUDA tensor but this build has no CUDA codecs (nvcc was not found "
+                                      "when bagua_ravnest was built)", what));
+  }
+  return true;
+}
+
+// torch's current stream of the tensor's device, as a cudaStream_t value,
+// asked of Python so that the extension needs no CUDA headers of torch's.
+std::uintptr_t current_cuda_stream(const at::Tensor& t) {
+  auto torch_cuda = py::module_::import("torch").attr("cuda");
+  return torch_cuda.attr("current_stream")(t.device().index()).attr("cuda_stream").cast<std::uintptr_t>();
 }
 
 }  // namespace
@@ -102,42 +124,57 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "encode",
           [](const Codec& c, const at::Tensor& t, std::optional<at::Tensor> out) {
-            if (!t.device().is_cpu() || !t.is_contiguous()) throw InvalidArgument("encode needs a contiguous CPU tensor");
+            const bool gpu = on_cuda(t, "encode: values");
+            if (!t.is_contiguous()) throw InvalidArgument("encode needs a contiguous tensor");
             const auto dtype = to_dtype(t.scalar_type());
             if (!dtype) throw InvalidArgument("encode takes float32, float16 or bfloat16 values");
             const auto n = static_cast<std::size_t>(t.numel());
-            at::Tensor wire = out ? *out : at::empty({static_cast<int64_t>(c.wire_bytes(n))}, at::kByte);
-            if (wire.scalar_type() != at::kByte || !wire.is_contiguous() ||
+            at::Tensor wire = out ? *out : at::empty({static_cast<int64_t>(c.wire_bytes(n))}, t.options().dtype(at::kByte));
+            if (wire.scalar_type() != at::kByte || !wire.is_contiguous() || wire.device() != t.device() ||
                 static_cast<std::size_t>(wire.numel()) != c.wire_bytes(n)) {
-              throw InvalidArgument(fmt::format("encode: out must be a contiguous uint8 tensor of {} bytes", c.wire_bytes(n)));
+              throw InvalidArgument(fmt::format(
+                  "encode: out must be a contiguous uint8 tensor of {} bytes on the values' device", c.wire_bytes(n)));
             }
-            {
-              py::gil_scoped_release release;
+            const std::uintptr_t stream = gpu ? current_cuda_stream(t) : 0;
+            py::gil_scoped_release release;
+            if (gpu) {
+              cuda::encode(c, t.data_ptr(), n, *dtype, wire.data_ptr<std::uint8_t>(), stream, t.device().index());
+            } else {
               c.encode(t.data_ptr(), n, *dtype, wire.data_ptr<std::uint8_t>());
             }
             return wire;
           },
-          py::arg("values"), py::arg("out") = py::none(), "Wire bytes (uint8 tensor) of a float32/float16/bfloat16 tensor.")
+          py::arg("values"), py::arg("out") = py::none(),
+          "Wire bytes (uint8 tensor, on the values' device) of a float32/float16/bfloat16 tensor, CPU or CUDA "
+          "(the CUDA kernels write the CPU's bytes, on torch's current stream).")
       .def(
           "decode",
           [](const Codec& c, const at::Tensor& wire, std::size_t count, std::optional<at::Tensor> out) {
-            if (wire.scalar_type() != at::kByte || !wire.is_contiguous() || !wire.device().is_cpu()) {
-              throw InvalidArgument("decode needs a contiguous CPU uint8 tensor");
+            const bool gpu = on_cuda(wire, "decode: wire");
+            if (wire.scalar_type() != at::kByte || !wire.is_contiguous()) {
+              throw InvalidArgument("decode needs a contiguous uint8 tensor");
             }
-            at::Tensor values = out ? *out : at::empty({static_cast<int64_t>(count)}, at::kFloat);
-            if (values.scalar_type() != at::kFloat || !values.is_contiguous() ||
+            at::Tensor values =
+                out ? *out : at::empty({static_cast<int64_t>(count)}, wire.options().dtype(at::kFloat));
+            if (values.scalar_type() != at::kFloat || !values.is_contiguous() || values.device() != wire.device() ||
                 static_cast<std::size_t>(values.numel()) != count) {
-              throw InvalidArgument(fmt::format("decode: out must be a contiguous float32 tensor of {} values", count));
+              throw InvalidArgument(fmt::format(
+                  "decode: out must be a contiguous float32 tensor of {} values on the wire's device", count));
             }
-            {
-              py::gil_scoped_release release;
+            const std::uintptr_t stream = gpu ? current_cuda_stream(wire) : 0;
+            py::gil_scoped_release release;
+            if (gpu) {
+              cuda::decode(c, wire.data_ptr<std::uint8_t>(), static_cast<std::size_t>(wire.numel()), count,
+                           values.data_ptr<float>(), false, stream, wire.device().index());
+            } else {
               c.decode(wire.data_ptr<std::uint8_t>(), static_cast<std::size_t>(wire.numel()), count,
                        values.data_ptr<float>(), false);
             }
             return values;
           },
           py::arg("wire"), py::arg("count"), py::arg("out") = py::none(),
-          "float32 values from wire bytes; malformed bytes raise ProtocolError.");
+          "float32 values (on the wire's device, CPU or CUDA) from wire bytes; malformed bytes raise ProtocolError.");
+  m.def("cuda_codecs_built", &cuda::built, "Whether this build has the CUDA codec kernels (nvcc was found).");
   m.def("codec_names", [] { return codec_names(); });
 
   m.def("algorithm_names", [] { return AlgorithmRegistry::instance().names(); });

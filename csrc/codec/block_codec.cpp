@@ -28,7 +28,7 @@ std::size_t BlockCodec::wire_bytes(std::size_t count) const {
 }
 
 void BlockCodec::encode(const void* in, std::size_t count, DType dtype, std::uint8_t* wire) const {
-  std::vector<float> scratch;
+  thread_local std::vector<float> scratch;  // fp16/bf16 input widened; reused, no allocation per call
   const float* v = as_float(in, count, dtype, scratch);
   const std::size_t block = block_for(count);
   for (std::size_t at = 0; at < count; at += block) {
@@ -50,13 +50,12 @@ void BlockCodec::decode(const std::uint8_t* wire, std::size_t wire_size, std::si
   for (std::size_t at = 0; at < count; at += block) {
     const std::size_t n = std::min(block, count - at);
     const BlockHeader h = BlockHeader::read(p);
-    if (h.count != n) {
-      throw ProtocolError(fmt::format("{}: block at value {} says {} values, expected {}", name(), at, h.count, n));
+    BlockFault fault = frame_fault(h, n);
+    if (fault == BlockFault::None) fault = block_fault(h, p + BlockHeader::kBytes, n);
+    if (fault != BlockFault::None) {
+      throw ProtocolError(fmt::format("{}: block at value {} (count {}, fields {} {}, flags {:#x}): {}", name(), at,
+                                      h.count, h.a, h.b, h.flags, block_fault_text(fault)));
     }
-    if (h.flags & ~BlockHeader::kKnownFlags) {
-      throw ProtocolError(fmt::format("{}: block at value {} has unknown flags {:#x}", name(), at, h.flags));
-    }
-    check_block(h, p + BlockHeader::kBytes, n);
     p += BlockHeader::kBytes + payload_bytes(n);
   }
   p = wire;
@@ -70,6 +69,20 @@ void BlockCodec::decode(const std::uint8_t* wire, std::size_t wire_size, std::si
     }
     p += BlockHeader::kBytes + payload_bytes(n);
   }
+}
+
+const char* block_fault_text(BlockFault f) {
+  switch (f) {
+    case BlockFault::None: return "valid";
+    case BlockFault::Count: return "the header's value count is not the block's";
+    case BlockFault::UnknownFlags: return "unknown flags";
+    case BlockFault::NonFiniteFields: return "a block flagged non-finite must carry zeros";
+    case BlockFault::Range: return "lo and hi must be finite, lo <= hi, and hi - lo within fp32";
+    case BlockFault::SecondField: return "the second header field must be 0";
+    case BlockFault::Scale: return "the scale must be finite and not negative";
+    case BlockFault::Padding: return "the padding bits of the last byte are not zero";
+  }
+  return "unknown fault";
 }
 
 }  // namespace bagua

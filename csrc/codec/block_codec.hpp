@@ -5,6 +5,7 @@
 #pragma once
 
 #include "codec/block_header.hpp"
+#include "codec/block_rules.hpp"
 #include "codec/codec.hpp"
 
 namespace bagua {
@@ -23,16 +24,22 @@ class BlockCodec : public Codec {
   virtual std::size_t payload_bytes(std::size_t n) const = 0;
   // Fills the header's a, b and flags; writes the payload.
   virtual void encode_block(const float* v, std::size_t n, BlockHeader& h, std::uint8_t* payload) const = 0;
-  // Throws ProtocolError when a header (already known to have the right
-  // count and known flags) or payload is malformed; nothing is written then.
-  virtual void check_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const = 0;
+  // What is wrong with a header (already known to have the right count and
+  // known flags) or its payload, by the rules of block_rules.hpp.
+  virtual BlockFault block_fault(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const = 0;
   virtual void decode_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,
                             bool accumulate) const = 0;
 
   kernels::Isa isa_;
 
- private:
+ public:
+  // Values per block for a call of `count` values (the last block may be
+  // shorter), and the payload size of an n-value block: the wire layout,
+  // for the CUDA codecs.
   std::size_t block_for(std::size_t count) const;
+  std::size_t payload_size(std::size_t n) const { return payload_bytes(n); }
+
+ private:
   std::size_t block_elems_;
 };
 

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/host_device.hpp"
+
 namespace bagua {
 
 struct BlockHeader {
@@ -20,18 +22,18 @@ struct BlockHeader {
 
   static constexpr std::size_t kBytes = 16;
 
-  void write(std::uint8_t* out) const {
-    std::memcpy(out, &a, 4);
-    std::memcpy(out + 4, &b, 4);
-    std::memcpy(out + 8, &count, 4);
-    std::memcpy(out + 12, &flags, 4);
+  BAGUA_HD void write(std::uint8_t* out) const {
+    memcpy(out, &a, 4);
+    memcpy(out + 4, &b, 4);
+    memcpy(out + 8, &count, 4);
+    memcpy(out + 12, &flags, 4);
   }
-  static BlockHeader read(const std::uint8_t* in) {
+  BAGUA_HD static BlockHeader read(const std::uint8_t* in) {
     BlockHeader h;
-    std::memcpy(&h.a, in, 4);
-    std::memcpy(&h.b, in + 4, 4);
-    std::memcpy(&h.count, in + 8, 4);
-    std::memcpy(&h.flags, in + 12, 4);
+    memcpy(&h.a, in, 4);
+    memcpy(&h.b, in + 4, 4);
+    memcpy(&h.count, in + 8, 4);
+    memcpy(&h.flags, in + 12, 4);
     return h;
   }
 };

@@ -7,26 +7,6 @@
 #include "core/error.hpp"
 
 namespace bagua {
-namespace {
-
-float load(const std::uint8_t* p, DType t) {
-  std::uint16_t h;
-  switch (t) {
-    case DType::F16:
-      std::memcpy(&h, p, 2);
-      return half_to_float(h);
-    case DType::BF16:
-      std::memcpy(&h, p, 2);
-      return bf16_to_float(h);
-    default: {
-      float f;
-      std::memcpy(&f, p, 4);
-      return f;
-    }
-  }
-}
-
-}  // namespace
 
 FloatCodec::FloatCodec(DType wire) : wire_(wire) {
   if (wire != DType::F32 && wire != DType::F16 && wire != DType::BF16) {
@@ -47,20 +27,17 @@ void FloatCodec::encode(const void* in, std::size_t count, DType dtype, std::uin
     if (count) std::memcpy(wire, in, count * dtype_size(wire_));
     return;
   }
-  std::vector<float> scratch;
+  thread_local std::vector<float> scratch;  // reused: no allocation per call
   const float* v = as_float(in, count, dtype, scratch);
+  // One loop per wire type, so each is a plain loop the compiler can
+  // vectorize; memcpy stores, as the wire is a byte array of any alignment.
+  auto store16 = [wire](std::size_t i, std::uint16_t h) { std::memcpy(wire + 2 * i, &h, 2); };
   switch (wire_) {
     case DType::F16:
-      for (std::size_t i = 0; i < count; ++i) {
-        const std::uint16_t h = float_to_half(v[i]);
-        std::memcpy(wire + 2 * i, &h, 2);
-      }
+      for (std::size_t i = 0; i < count; ++i) store16(i, float_to_half(v[i]));
       break;
     case DType::BF16:
-      for (std::size_t i = 0; i < count; ++i) {
-        const std::uint16_t h = float_to_bf16(v[i]);
-        std::memcpy(wire + 2 * i, &h, 2);
-      }
+      for (std::size_t i = 0; i < count; ++i) store16(i, float_to_bf16(v[i]));
       break;
     default:
       std::memcpy(wire, v, count * 4);
@@ -70,10 +47,35 @@ void FloatCodec::encode(const void* in, std::size_t count, DType dtype, std::uin
 void FloatCodec::decode(const std::uint8_t* wire, std::size_t wire_size, std::size_t count, float* out,
                         bool accumulate) const {
   check_wire_size(wire_size, count);
-  const std::size_t k = dtype_size(wire_);
-  for (std::size_t i = 0; i < count; ++i) {
-    const float v = load(wire + k * i, wire_);
-    out[i] = accumulate ? out[i] + v : v;
+  auto run = [&](auto value_at) {
+    if (accumulate) {
+      for (std::size_t i = 0; i < count; ++i) out[i] += value_at(i);
+    } else {
+      for (std::size_t i = 0; i < count; ++i) out[i] = value_at(i);
+    }
+  };
+  // Wire buffers are byte arrays: 16-bit values are read with memcpy.
+  switch (wire_) {
+    case DType::F16:
+      run([wire](std::size_t i) {
+        std::uint16_t h;
+        std::memcpy(&h, wire + 2 * i, 2);
+        return half_to_float(h);
+      });
+      break;
+    case DType::BF16:
+      run([wire](std::size_t i) {
+        std::uint16_t h;
+        std::memcpy(&h, wire + 2 * i, 2);
+        return bf16_to_float(h);
+      });
+      break;
+    default:
+      run([wire](std::size_t i) {
+        float f;
+        std::memcpy(&f, wire + 4 * i, 4);
+        return f;
+      });
   }
 }
 

@@ -19,6 +19,7 @@ class FloatCodec final : public Codec {
   void decode(const std::uint8_t* wire, std::size_t wire_size, std::size_t count, float* out,
               bool accumulate) const override;
   bool lossless() const override { return wire_ == DType::F32; }
+  DType wire_dtype() const { return wire_; }
 
  private:
   DType wire_;

@@ -1,5 +1,7 @@
 #include "codec/kernels.hpp"
 
+#include "codec/element_math.hpp"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>

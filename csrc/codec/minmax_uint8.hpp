@@ -6,12 +6,13 @@
 #pragma once
 
 #include "codec/block_codec.hpp"
+#include "codec/element_math.hpp"
 
 namespace bagua {
 
 class MinMaxUint8Codec final : public BlockCodec {
  public:
-  static constexpr double kEps = 1e-12;
+  static constexpr double kEps = element::kMinMaxEps;
 
   explicit MinMaxUint8Codec(std::size_t block_elems = 0, kernels::Isa isa = kernels::best_isa())
       : BlockCodec(block_elems, isa) {}
@@ -20,7 +21,7 @@ class MinMaxUint8Codec final : public BlockCodec {
  private:
   std::size_t payload_bytes(std::size_t n) const override { return n; }
   void encode_block(const float* v, std::size_t n, BlockHeader& h, std::uint8_t* payload) const override;
-  void check_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const override;
+  BlockFault block_fault(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const override;
   void decode_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,
                     bool accumulate) const override;
 };

@@ -20,14 +20,8 @@ void Sign1BitCodec::encode_block(const float* v, std::size_t n, BlockHeader& h, 
   kernels::sign_pack(v, n, payload, isa_);
 }
 
-void Sign1BitCodec::check_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const {
-  if (h.b != 0) throw ProtocolError("sign1bit: the second header field must be 0");
-  if (h.flags & BlockHeader::kNonFinite) {
-    if (h.a != 0) throw ProtocolError("sign1bit: a non-finite block must carry scale 0");
-    return;
-  }
-  if (!std::isfinite(h.a) || h.a < 0) throw ProtocolError(fmt::format("sign1bit: bad block scale {}", h.a));
-  if (n % 8 && (payload[n / 8] >> (n % 8)) != 0) throw ProtocolError("sign1bit: padding bits are not zero");
+BlockFault Sign1BitCodec::block_fault(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const {
+  return sign_fault(h, n, n % 8 ? payload[n / 8] : 0);
 }
 
 void Sign1BitCodec::decode_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,

@@ -18,7 +18,7 @@ class Sign1BitCodec final : public BlockCodec {
  private:
   std::size_t payload_bytes(std::size_t n) const override { return (n + 7) / 8; }
   void encode_block(const float* v, std::size_t n, BlockHeader& h, std::uint8_t* payload) const override;
-  void check_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const override;
+  BlockFault block_fault(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const override;
   void decode_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,
                     bool accumulate) const override;
 };

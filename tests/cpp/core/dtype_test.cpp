@@ -38,6 +38,26 @@ TEST(Half, RoundTripsEveryHalf) {
   }
 }
 
+TEST(Half, WidensEveryHalfToItsValue) {
+  // The definition of binary16, value by value, against the branch-free
+  // widening: sign, 5 exponent bits (bias 15), 10 fraction bits.
+  for (std::uint32_t h = 0; h < 0x10000; ++h) {
+    const int e = (h >> 10) & 0x1f;
+    const int m = h & 0x3ff;
+    const float f = half_to_float(static_cast<std::uint16_t>(h));
+    if (e == 0x1f) {
+      // Inf, or NaN with its payload in the top fraction bits (not quieted).
+      EXPECT_EQ(float_bits(f), ((h & 0x8000u) << 16) | 0x7f800000u | (static_cast<std::uint32_t>(m) << 13))
+          << std::hex << h;
+      continue;
+    }
+    const double magnitude = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25);
+    const double expected = (h & 0x8000u) ? -magnitude : magnitude;
+    EXPECT_EQ(static_cast<double>(f), expected) << std::hex << h;
+    EXPECT_EQ(std::signbit(f), (h & 0x8000u) != 0) << std::hex << h;
+  }
+}
+
 TEST(Half, RoundsToNearestEven) {
   // 1 + 2^-11 lies exactly between 1 and the next half (1 + 2^-10): ties to even.
   EXPECT_EQ(float_to_half(1.0f + std::ldexp(1.0f, -11)), 0x3c00);
