@@ -15,6 +15,9 @@ compressed all-reduces bagua_bytegrad (minmax_uint8), bagua_fp16 and
 bagua_sign1bit (docs/codecs.md; sign1bit without error feedback, as a speed
 figure only). Their algbw/busbw count the fp32 bytes reduced, so they can
 exceed the link rate; wire_ratio says what fraction of those bytes they send.
+tcp_ring is no all-reduce but the ceiling of one: plain TCP sockets in a
+ring, each rank streaming the bytes a ring all-reduce sends, nothing else
+(see _TcpRing); on a shaped network it says what the links deliver.
 
 With --bandwidth-mbit the ranks run in an emulated cluster (one network
 namespace per rank, tc-shaped links; benchmarks/netem) and every row also
@@ -27,8 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +46,7 @@ from machine import machine_info  # noqa: E402
 from netem.cluster import NetemUnavailable  # noqa: E402
 from netem.network import network  # noqa: E402
 
-IMPLS = ("bagua_ring", "gloo", "bagua_bytegrad", "bagua_fp16", "bagua_sign1bit")
+IMPLS = ("bagua_ring", "gloo", "bagua_bytegrad", "bagua_fp16", "bagua_sign1bit", "tcp_ring")
 # The compressed all-reduces of the bagua backend, by their codec.
 CODEC_OF = {"bagua_bytegrad": "minmax_uint8", "bagua_fp16": "fp16", "bagua_sign1bit": "sign1bit"}
 
@@ -56,13 +61,50 @@ def parse_size(text: str) -> int:
     return value
 
 
-def _bench(rank, world, sizes, iters, warmup, impls):
+class _TcpRing:
+    """The network's ceiling for a ring: each rank streams the bytes a ring
+    all-reduce sends (2(n-1)/n of the buffer) to its right neighbour over one
+    plain TCP socket while taking as many from its left, with no steps, no
+    reduction and no framing. What the shaped links and the kernel's TCP
+    deliver to this pattern bounds every ring implementation."""
+
+    def __init__(self, rank: int, world: int, address: str, group):
+        self.listener = socket.create_server((address, 0))
+        ports = [None] * world
+        dist.all_gather_object(ports, (address, self.listener.getsockname()[1]), group=group)
+        self.out = socket.create_connection(ports[(rank + 1) % world], timeout=600)
+        self.inc, _ = self.listener.accept()
+        self.inc.settimeout(600)
+        self.world = world
+
+    def run(self, nbytes: int) -> None:
+        n = 2 * (self.world - 1) * nbytes // self.world
+        payload = memoryview(bytes(n))
+        sender = threading.Thread(target=self.out.sendall, args=(payload,))
+        sender.start()
+        buf, got = bytearray(1 << 20), 0
+        while got < n:
+            k = self.inc.recv_into(buf, min(len(buf), n - got))
+            if k == 0:
+                raise ConnectionError("tcp_ring: the left neighbour closed its socket")
+            got += k
+        sender.join()
+
+    def close(self) -> None:
+        for s in (self.out, self.inc, self.listener):
+            s.close()
+
+
+def _bench(rank, world, sizes, iters, warmup, impls, addresses):
     torch.set_num_threads(1)
     gloo = dist.new_group(backend="gloo")
     bagua = dist.group.WORLD._get_backend(torch.device("cpu"))
+    tcp = _TcpRing(rank, world, addresses[rank], gloo) if "tcp_ring" in impls else None
 
     def allreduce(impl, t):
-        if impl == "gloo":
+        if impl == "tcp_ring":
+            tcp.run(t.numel() * 4)
+        elif impl == "gloo":
             dist.all_reduce(t, group=gloo)
         elif impl == "bagua_ring":
             dist.all_reduce(t)  # the default group, backend "bagua"
@@ -102,6 +144,8 @@ def _bench(rank, world, sizes, iters, warmup, impls):
                     "wire_ratio": _wire_ratio(impl, size // 4, world),
                 }
             )
+    if tcp is not None:
+        tcp.close()
     return rows
 
 
@@ -138,7 +182,8 @@ def main(argv=None) -> int:
 
     try:
         with network(args.bandwidth_mbit, args.world_size) as net:
-            rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup, impls,
+            addresses = [net.address_of(r) for r in range(args.world_size)]
+            rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup, impls, addresses,
                                     env={"BAGUA_ALLREDUCE": "ring", **net.env}, timeout=3600, netns=net.netns,
                                     hostnames=net.hostnames))[0]
     except (NetemUnavailable, ValueError) as e:
