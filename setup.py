@@ -42,6 +42,8 @@ class CMakeBuild(build_ext):
             f"-DPython3_EXECUTABLE={sys.executable}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
+        if os.environ.get("BAGUA_CUDA"):  # AUTO (default), ON or OFF: the CUDA codec kernels
+            configure.append(f"-DBAGUA_CUDA={os.environ['BAGUA_CUDA']}")
         if shutil.which("ninja") and not os.path.exists(os.path.join(build_dir, "Makefile")):
             configure += ["-G", "Ninja"]
         subprocess.check_call(configure, cwd=build_dir)

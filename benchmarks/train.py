@@ -187,13 +187,19 @@ class _Trainer:
         self.step_times: list[float] = []
         self.phases: list[tuple[float, float, float]] = []  # forward, backward, optimizer step (s)
         self.losses: list[float] = []
-        self.sent_bytes = 0  # on the wire, during timed steps
+        self.step_bytes: list[int] = []  # on the wire, per step
+        # Steps left out of the speed and byte figures: the common warm-up,
+        # and for qadam/onebit_adam also their exact-Adam warm-up (their
+        # steps before the switch run an uncompressed all-reduce), when the
+        # run has steps after it.
+        self.skip = args.warmup_steps
+        if algorithm.split(":")[0] in ("qadam", "onebit_adam") and args.adam_warmup_steps < args.steps:
+            self.skip = max(self.skip, args.adam_warmup_steps)
 
     def run(self, steps: int, progress=None) -> None:
-        timed = len(self.step_times) >= self.args.warmup_steps
-        before = tx_bytes(self.ifname) if timed else 0
         for _ in range(steps):
             x, y = self.task.batch()
+            sent_before = tx_bytes(self.ifname)
             t0 = time.perf_counter()
             self.opt.zero_grad()
             loss = nn.functional.cross_entropy(self.model(x), y)
@@ -205,11 +211,10 @@ class _Trainer:
             t3 = time.perf_counter()
             self.step_times.append(t3 - t0)
             self.phases.append((t1 - t0, t2 - t1, t3 - t2))
+            self.step_bytes.append(tx_bytes(self.ifname) - sent_before)
             self.losses.append(float(loss.detach()))
             if progress is not None:
                 progress.update(1)
-        if timed:
-            self.sent_bytes += tx_bytes(self.ifname) - before
 
     def summary(self, world, gloo) -> dict:
         args = self.args
@@ -219,15 +224,15 @@ class _Trainer:
         loss = torch.tensor(self.losses, dtype=torch.float64)
         dist.all_reduce(loss, group=gloo)
         mean_loss = (loss / world).tolist()
-        timed = t[args.warmup_steps :]
+        timed = t[self.skip :]
         # Loopback's counter is shared by all ranks: it already holds everyone's bytes.
-        sent = torch.tensor([float(self.sent_bytes)], dtype=torch.float64)
+        sent = torch.tensor([float(sum(self.step_bytes[self.skip :]))], dtype=torch.float64)
         if self.ifname != "lo":
             dist.all_reduce(sent, group=gloo)
         timed_steps = len(timed)
         # Where a step's time goes (medians; the slowest rank's): a wait for
         # communication shows in backward (DDP-style hooks) or step.
-        phases = torch.tensor(self.phases[args.warmup_steps :] or [(0.0, 0.0, 0.0)], dtype=torch.float64)
+        phases = torch.tensor(self.phases[self.skip :] or [(0.0, 0.0, 0.0)], dtype=torch.float64)
         phases = phases.median(dim=0).values
         dist.all_reduce(phases, op=dist.ReduceOp.MAX, group=gloo)
         seconds = torch.cumsum(t, 0)
@@ -239,6 +244,7 @@ class _Trainer:
             "world_size": world,
             "batch_size": args.batch_size,
             "steps": args.steps,
+            "timed_steps": timed_steps,
             "samples_per_s": world * args.batch_size * len(timed) / float(timed.sum()),
             "step_ms_median": 1000 * statistics.median(timed.tolist()),
             "phase_ms_median": dict(zip(("forward", "backward", "step"), (1000 * phases).tolist())),
@@ -317,7 +323,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--algorithms", default="ddp,gradient_allreduce")
     ap.add_argument("--model", choices=["mlp", "convnet"], default="mlp")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the speed figures")
+    ap.add_argument("--warmup-steps", type=int, default=5,
+                    help="steps left out of the speed and byte figures (qadam and onebit_adam also leave out their "
+                         "exact-Adam warm-up, --adam-warmup-steps, when the run goes past it; rows say timed_steps)")
     ap.add_argument("--batch-size", type=int, default=32, help="per rank")
     ap.add_argument("--lr", type=float, default=0.05, help="SGD (momentum 0.9) learning rate of every algorithm but qadam")
     ap.add_argument("--adam-lr", type=float, default=0.001, help="learning rate of qadam's and onebit_adam's QAdamOptimizer")

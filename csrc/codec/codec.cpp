@@ -23,7 +23,7 @@ const std::vector<std::string>& codec_names() {
 
 CodecPtr make_codec(const std::string& name, std::size_t block_elems, kernels::Isa isa) {
   if (name == "identity") return std::make_shared<FloatCodec>(DType::F32);
-  if (name == "fp16") return std::make_shared<FloatCodec>(DType::F16);
+  if (name == "fp16") return std::make_shared<FloatCodec>(DType::F16, isa);
   if (name == "bf16") return std::make_shared<FloatCodec>(DType::BF16);
   if (name == "minmax_uint8") return std::make_shared<MinMaxUint8Codec>(block_elems, isa);
   if (name == "sign1bit") return std::make_shared<Sign1BitCodec>(block_elems, isa);

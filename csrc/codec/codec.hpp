@@ -31,14 +31,16 @@ class Codec {
   virtual void encode(const void* in, std::size_t count, DType dtype, std::uint8_t* wire) const = 0;
   // Checks then decodes `count` fp32 values from `wire` (`wire_size` bytes)
   // into `out`, or adds them to it (`accumulate`). Malformed bytes throw
-  // ProtocolError and leave `out` untouched.
+  // ProtocolError and leave `out` untouched. A NaN that comes from adding
+  // (accumulate with a NaN on either side) has an unspecified payload: CPUs
+  // and GPUs pick different ones; every other output bit is specified.
   virtual void decode(const std::uint8_t* wire, std::size_t wire_size, std::size_t count, float* out,
                       bool accumulate = false) const = 0;
   // Whether decode(encode(x)) == x for every fp32 x.
   virtual bool lossless() const = 0;
 
- protected:
-  // The first check of every decoder: ProtocolError unless the size is exact.
+  // The first check of every decoder (CPU or CUDA): ProtocolError unless the
+  // size is exact.
   void check_wire_size(std::size_t wire_size, std::size_t count) const;
 };
 

@@ -8,7 +8,7 @@
 
 namespace bagua {
 
-FloatCodec::FloatCodec(DType wire) : wire_(wire) {
+FloatCodec::FloatCodec(DType wire, kernels::Isa isa) : wire_(wire), isa_(isa) {
   if (wire != DType::F32 && wire != DType::F16 && wire != DType::BF16) {
     throw InvalidArgument(fmt::format("float codec: wire type {} is not fp32, fp16 or bf16", dtype_name(wire)));
   }
@@ -34,7 +34,7 @@ void FloatCodec::encode(const void* in, std::size_t count, DType dtype, std::uin
   auto store16 = [wire](std::size_t i, std::uint16_t h) { std::memcpy(wire + 2 * i, &h, 2); };
   switch (wire_) {
     case DType::F16:
-      for (std::size_t i = 0; i < count; ++i) store16(i, float_to_half(v[i]));
+      kernels::narrow_f16(v, count, wire, isa_);
       break;
     case DType::BF16:
       for (std::size_t i = 0; i < count; ++i) store16(i, float_to_bf16(v[i]));
@@ -54,21 +54,18 @@ void FloatCodec::decode(const std::uint8_t* wire, std::size_t wire_size, std::si
       for (std::size_t i = 0; i < count; ++i) out[i] = value_at(i);
     }
   };
-  // Wire buffers are byte arrays: 16-bit values are read with memcpy.
+  // Wire buffers are byte arrays: values are read with memcpy.
+  auto read16 = [wire](std::size_t i) {
+    std::uint16_t h;
+    std::memcpy(&h, wire + 2 * i, 2);
+    return h;
+  };
   switch (wire_) {
     case DType::F16:
-      run([wire](std::size_t i) {
-        std::uint16_t h;
-        std::memcpy(&h, wire + 2 * i, 2);
-        return half_to_float(h);
-      });
+      run([&](std::size_t i) { return half_to_float(read16(i)); });
       break;
     case DType::BF16:
-      run([wire](std::size_t i) {
-        std::uint16_t h;
-        std::memcpy(&h, wire + 2 * i, 2);
-        return bf16_to_float(h);
-      });
+      run([&](std::size_t i) { return bf16_to_float(read16(i)); });
       break;
     default:
       run([wire](std::size_t i) {

@@ -10,8 +10,8 @@ namespace bagua {
 
 class FloatCodec final : public Codec {
  public:
-  // `wire` is F32, F16 or BF16.
-  explicit FloatCodec(DType wire);
+  // `wire` is F32, F16 or BF16; `isa`: the CPU loop variant of fp16 narrowing.
+  explicit FloatCodec(DType wire, kernels::Isa isa = kernels::best_isa());
 
   std::string name() const override;
   std::size_t wire_bytes(std::size_t count) const override { return count * dtype_size(wire_); }
@@ -23,6 +23,7 @@ class FloatCodec final : public Codec {
 
  private:
   DType wire_;
+  kernels::Isa isa_;
 };
 
 }  // namespace bagua

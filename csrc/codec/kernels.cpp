@@ -8,6 +8,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace bagua::kernels {
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -34,9 +38,37 @@ namespace bagua::kernels {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // AVX2 without FMA: an FMA would round once where the others round twice.
+// Every AVX2 CPU also has F16C (best_isa checks), which narrows fp32 to fp16
+// with IEEE round-to-nearest-even: float_to_half's bits, except that a NaN
+// keeps its payload there, so vectors holding a NaN take the portable loop.
 #define BAGUA_KERNEL_NS avx2_impl
-#define BAGUA_KERNEL_ATTR __attribute__((target("avx2")))
+#define BAGUA_KERNEL_ATTR __attribute__((target("avx2,f16c")))
+#define BAGUA_KERNEL_HAS_NARROW_F16 1
 #include "codec/kernels_body.inc"
+namespace avx2_impl {
+BAGUA_KERNEL_ATTR void narrow_f16(const float* v, std::size_t n, std::uint8_t* out) {
+  const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
+  const __m256i infinity = _mm256_set1_epi32(0x7f800000);
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(v + i);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x), magnitude), infinity);
+    if (!_mm256_testz_si256(nan, nan)) {
+      for (std::size_t j = i; j < i + 8; ++j) {
+        const std::uint16_t h = float_to_half(v[j]);
+        std::memcpy(out + 2 * j, &h, 2);
+      }
+      continue;
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; ++i) {
+    const std::uint16_t h = float_to_half(v[i]);
+    std::memcpy(out + 2 * i, &h, 2);
+  }
+}
+}  // namespace avx2_impl
+#undef BAGUA_KERNEL_HAS_NARROW_F16
 #undef BAGUA_KERNEL_NS
 #undef BAGUA_KERNEL_ATTR
 #define BAGUA_HAVE_AVX2 1
@@ -44,7 +76,7 @@ namespace bagua::kernels {
 
 Isa best_isa() {
 #ifdef BAGUA_HAVE_AVX2
-  static const bool avx2 = __builtin_cpu_supports("avx2");
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
   if (avx2) return Isa::Avx2;
 #endif
   return Isa::Baseline;
@@ -119,5 +151,7 @@ void sign_pack(const float* v, std::size_t n, std::uint8_t* bits, Isa isa) { BAG
 void sign_unpack(const std::uint8_t* bits, std::size_t n, float scale, float* out, bool accumulate, Isa isa) {
   BAGUA_DISPATCH(sign_unpack(bits, n, scale, out, accumulate))
 }
+
+void narrow_f16(const float* v, std::size_t n, std::uint8_t* out, Isa isa) { BAGUA_DISPATCH(narrow_f16(v, n, out)) }
 
 }  // namespace bagua::kernels

@@ -42,5 +42,8 @@ float sum_abs(const float* v, std::size_t n, Isa isa);
 void sign_pack(const float* v, std::size_t n, std::uint8_t* bits, Isa isa);
 // out[i] = bit ? scale : -scale (assign or accumulate).
 void sign_unpack(const std::uint8_t* bits, std::size_t n, float scale, float* out, bool accumulate, Isa isa);
+// The fp16 bits of v[i] (core/float16.hpp's float_to_half, NaN made the same
+// quiet NaN), stored little-endian at out + 2 i; Avx2 uses the F16C unit.
+void narrow_f16(const float* v, std::size_t n, std::uint8_t* out, Isa isa);
 
 }  // namespace bagua::kernels

@@ -13,6 +13,8 @@
 #include "codec/cuda/cuda_codec.hpp"
 #include "codec/element_math.hpp"
 #include "codec/float_codecs.hpp"
+#include "codec/minmax_uint8.hpp"
+#include "codec/sign1bit.hpp"
 #include "core/error.hpp"
 
 namespace bagua::cuda {
@@ -68,6 +70,8 @@ class StreamScratch {
     check(cudaMallocAsync(&ptr_, bytes ? bytes : 1, s), "cudaMallocAsync");
   }
   ~StreamScratch() { cudaFreeAsync(ptr_, stream_); }
+  StreamScratch(const StreamScratch&) = delete;
+  StreamScratch& operator=(const StreamScratch&) = delete;
   template <class T>
   T* at(std::size_t byte_offset) const {
     return reinterpret_cast<T*>(static_cast<char*>(ptr_) + byte_offset);
@@ -106,7 +110,7 @@ struct BlockParams {
 
 template <class Rule>
 __global__ void check_blocks(const std::uint8_t* wire, Layout l, Rule rule, BlockParams* params, FaultWord* first) {
-  for (std::size_t b = blockIdx.x * blockDim.x + threadIdx.x; b < l.blocks; b += gridDim.x * blockDim.x) {
+  for (std::size_t b = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < l.blocks; b += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const std::size_t n = l.values_in(b);
     const std::uint8_t* p = wire + b * l.stride;
     const BlockHeader h = BlockHeader::read(p);
@@ -133,6 +137,8 @@ struct SignRule {
   }
 };
 
+// Accumulating into a NaN (or adding one) gives a NaN whose payload differs
+// between the GPU (always 0x7fffffff) and x86; codec.hpp leaves it unspecified.
 __device__ void store(float* out, std::size_t i, float v, bool accumulate) {
   out[i] = accumulate ? out[i] + v : v;
 }
@@ -140,7 +146,7 @@ __device__ void store(float* out, std::size_t i, float v, bool accumulate) {
 __global__ void dequantize(const std::uint8_t* wire, Layout l, const BlockParams* params, float* out, bool accumulate,
                            const FaultWord* first) {
   if (*first != kNoFault) return;  // invalid input: write nothing
-  for (std::size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < l.count; i += gridDim.x * blockDim.x) {
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < l.count; i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const std::size_t b = i / l.block;
     const BlockParams& p = params[b];
     if (p.non_finite) {
@@ -155,7 +161,7 @@ __global__ void dequantize(const std::uint8_t* wire, Layout l, const BlockParams
 __global__ void sign_unpack(const std::uint8_t* wire, Layout l, const BlockParams* params, float* out,
                             bool accumulate, const FaultWord* first) {
   if (*first != kNoFault) return;
-  for (std::size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < l.count; i += gridDim.x * blockDim.x) {
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < l.count; i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const std::size_t b = i / l.block;
     const BlockParams& p = params[b];
     if (p.non_finite) {
@@ -214,7 +220,7 @@ __global__ void tile_ranges(const void* in, DType dtype, Layout l, std::size_t t
 // constants of its codes (lo, scale; non_finite blocks get zero codes).
 __global__ void minmax_headers(Layout l, std::size_t tiles_per_block, const TileRange* tiles, std::uint8_t* wire,
                                BlockParams* params) {
-  for (std::size_t b = blockIdx.x * blockDim.x + threadIdx.x; b < l.blocks; b += gridDim.x * blockDim.x) {
+  for (std::size_t b = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < l.blocks; b += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const std::size_t n = l.values_in(b), num = (n + kTile - 1) / kTile;
     float lo = tiles[b * tiles_per_block].lo, hi = tiles[b * tiles_per_block].hi;
     std::uint32_t bad = tiles[b * tiles_per_block].bad;
@@ -241,7 +247,7 @@ __global__ void minmax_headers(Layout l, std::size_t tiles_per_block, const Tile
 }
 
 __global__ void quantize(const void* in, DType dtype, Layout l, const BlockParams* params, std::uint8_t* wire) {
-  for (std::size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < l.count; i += gridDim.x * blockDim.x) {
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < l.count; i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const std::size_t b = i / l.block;
     const BlockParams& p = params[b];
     wire[b * l.stride + BlockHeader::kBytes + (i - b * l.block)] =
@@ -249,11 +255,12 @@ __global__ void quantize(const void* in, DType dtype, Layout l, const BlockParam
   }
 }
 
-// ---- sign1bit encoding: one warp per codec block ----------------------------
+// ---- sign1bit encoding: scales one warp per codec block, then the bits ------
 
-__global__ void sign_encode(const void* in, DType dtype, Layout l, std::uint8_t* wire) {
+// The header of each block: its scale, the mean |v| summed in the CPU's
+// order (sequential lanes: a warp per block, whatever the block's length).
+__global__ void sign_headers(const void* in, DType dtype, Layout l, std::uint8_t* wire) {
   __shared__ float lanes[kLanes];
-  __shared__ std::uint32_t flagged;
   for (std::size_t b = blockIdx.x; b < l.blocks; b += gridDim.x) {
     const std::size_t n = l.values_in(b), base = b * l.block, full = n - n % kLanes;
     const int j = threadIdx.x;
@@ -270,50 +277,71 @@ __global__ void sign_encode(const void* in, DType dtype, Layout l, std::uint8_t*
       if (j < width) lanes[j] += lanes[j + width];
       __syncthreads();
     }
-    std::uint8_t* p = wire + b * l.stride;
     if (j == 0) {
       const float sum = lanes[0];
       BlockHeader h;
       h.count = static_cast<std::uint32_t>(n);
-      flagged = element::non_finite(sum) ? 1u : 0u;
-      if (flagged) {
+      if (element::non_finite(sum)) {
         h.flags = BlockHeader::kNonFinite;
       } else {
         h.a = sum / static_cast<float>(n);
       }
-      h.write(p);
+      h.write(wire + b * l.stride);
     }
-    __syncthreads();
-    const std::size_t bytes = (n + 7) / 8;
-    for (std::size_t k = j; k < bytes; k += blockDim.x) {
-      std::uint32_t byte = 0;
-      if (!flagged) {
-        for (std::size_t q = 0; q < 8 && 8 * k + q < n; ++q) {
-          byte |= static_cast<std::uint32_t>(load(in, dtype, base + 8 * k + q) >= 0.0f) << q;
-        }
+    __syncthreads();  // lanes are rewritten for the next block
+  }
+}
+
+// One thread per payload byte of every block; a flagged block's bytes are 0,
+// as are the padding bits of a block's last byte.
+__global__ void sign_bits(const void* in, DType dtype, Layout l, std::uint8_t* wire) {
+  const std::size_t per_block = (l.block + 7) / 8;
+  const std::size_t total = (l.blocks - 1) * per_block + (l.values_in(l.blocks - 1) + 7) / 8;
+  for (std::size_t g = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total;
+       g += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    const std::size_t b = g / per_block, k = g % per_block, n = l.values_in(b), base = b * l.block;
+    std::uint8_t* p = wire + b * l.stride;
+    const BlockHeader h = BlockHeader::read(p);
+    std::uint32_t byte = 0;
+    if (!(h.flags & BlockHeader::kNonFinite)) {
+      for (std::size_t q = 0; q < 8 && 8 * k + q < n; ++q) {
+        byte |= static_cast<std::uint32_t>(load(in, dtype, base + 8 * k + q) >= 0.0f) << q;
       }
-      p[BlockHeader::kBytes + k] = static_cast<std::uint8_t>(byte);
     }
-    __syncthreads();
+    p[BlockHeader::kBytes + k] = static_cast<std::uint8_t>(byte);
   }
 }
 
 // ---- fp32 / fp16 / bf16 on the wire -----------------------------------------
 
-__global__ void float_encode(const void* in, DType dtype, std::size_t count, DType wire_dtype, void* wire) {
-  for (std::size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x) {
+// The wire is a byte array of any alignment (a chunk of a larger receive
+// buffer, say): its values are moved with memcpy, as on the CPU.
+__global__ void float_encode(const void* in, DType dtype, std::size_t count, DType wire_dtype, std::uint8_t* wire) {
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const float x = load(in, dtype, i);
-    switch (wire_dtype) {
-      case DType::F16: static_cast<std::uint16_t*>(wire)[i] = float_to_half(x); break;
-      case DType::BF16: static_cast<std::uint16_t*>(wire)[i] = float_to_bf16(x); break;
-      default: static_cast<float*>(wire)[i] = x;
+    if (wire_dtype == DType::F32) {
+      memcpy(wire + 4 * i, &x, 4);
+    } else {
+      const std::uint16_t h = wire_dtype == DType::F16 ? float_to_half(x) : float_to_bf16(x);
+      memcpy(wire + 2 * i, &h, 2);
     }
   }
 }
 
-__global__ void float_decode(const void* wire, DType wire_dtype, std::size_t count, float* out, bool accumulate) {
-  for (std::size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x) {
-    store(out, i, load(wire, wire_dtype, i), accumulate);
+__global__ void float_decode(const std::uint8_t* wire, DType wire_dtype, std::size_t count, float* out,
+                             bool accumulate) {
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    float v;
+    if (wire_dtype == DType::F32) {
+      memcpy(&v, wire + 4 * i, 4);
+    } else {
+      std::uint16_t h;
+      memcpy(&h, wire + 2 * i, 2);
+      v = wire_dtype == DType::F16 ? half_to_float(h) : bf16_to_float(h);
+    }
+    store(out, i, v, accumulate);
   }
 }
 
@@ -350,8 +378,8 @@ enum class Kind { Float, MinMax, Sign };
 
 Kind kind_of(const Codec& c) {
   if (dynamic_cast<const FloatCodec*>(&c)) return Kind::Float;
-  if (c.name() == "minmax_uint8") return Kind::MinMax;
-  if (c.name() == "sign1bit") return Kind::Sign;
+  if (dynamic_cast<const MinMaxUint8Codec*>(&c)) return Kind::MinMax;
+  if (dynamic_cast<const Sign1BitCodec*>(&c)) return Kind::Sign;
   throw InvalidArgument("CUDA codecs: no kernels for codec '" + c.name() + "'");
 }
 
@@ -400,7 +428,6 @@ void encode(const Codec& codec, const void* in, std::size_t count, DType dtype, 
   switch (kind_of(codec)) {
     case Kind::Float: {
       const DType w = static_cast<const FloatCodec&>(codec).wire_dtype();
-      check_aligned(wire, dtype_size(w), "the wire buffer");
       if (w == dtype) {
         check(cudaMemcpyAsync(wire, in, count * dtype_size(w), cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
       } else {
@@ -423,7 +450,8 @@ void encode(const Codec& codec, const void* in, std::size_t count, DType dtype, 
     }
     case Kind::Sign: {
       const Layout l = layout_of(static_cast<const BlockCodec&>(codec), count);
-      sign_encode<<<grid_for(l.blocks, 1), 32, 0, s>>>(in, dtype, l, wire);
+      sign_headers<<<grid_for(l.blocks, 1), 32, 0, s>>>(in, dtype, l, wire);
+      sign_bits<<<grid_for((count + 7) / 8), kThreads, 0, s>>>(in, dtype, l, wire);
       break;
     }
   }
@@ -432,10 +460,7 @@ void encode(const Codec& codec, const void* in, std::size_t count, DType dtype, 
 
 void decode(const Codec& codec, const std::uint8_t* wire, std::size_t wire_size, std::size_t count, float* out,
             bool accumulate, std::uintptr_t stream, int device) {
-  if (wire_size != codec.wire_bytes(count)) {
-    throw ProtocolError(codec.name() + ": " + std::to_string(wire_size) + " wire bytes for " + std::to_string(count) +
-                        " values, expected " + std::to_string(codec.wire_bytes(count)));
-  }
+  codec.check_wire_size(wire_size, count);
   if (count == 0) return;
   const DeviceGuard on(device);
   check_aligned(out, sizeof(float), "the output");
@@ -443,7 +468,6 @@ void decode(const Codec& codec, const std::uint8_t* wire, std::size_t wire_size,
   switch (kind_of(codec)) {
     case Kind::Float: {
       const DType w = static_cast<const FloatCodec&>(codec).wire_dtype();
-      check_aligned(wire, dtype_size(w), "the wire buffer");
       float_decode<<<grid_for(count), kThreads, 0, s>>>(wire, w, count, out, accumulate);
       check(cudaGetLastError(), "kernel launch");
       break;

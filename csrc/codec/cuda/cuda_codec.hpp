@@ -22,17 +22,20 @@ int device_count();
 
 // Encodes `count` values of `dtype` (F32, F16 or BF16) at device address
 // `in` into codec.wire_bytes(count) bytes at device address `wire`,
-// asynchronously on `stream`. `in` and `wire` are aligned to their element
-// size. sign1bit sums each block's |v| in the CPU's fixed order, which is
-// sequential per lane: give it blocks of thousands of values (qadam and
-// onebit_adam use 4096), not one block for millions.
+// asynchronously on `stream`, on `device` (-1: the current one). `in` is
+// aligned to its element size; `wire` may have any alignment. sign1bit sums
+// each block's |v| in the CPU's fixed order, which is sequential per lane
+// (one warp per block): give it blocks of thousands of values (qadam and
+// onebit_adam use 4096), not one block of millions.
 void encode(const Codec& codec, const void* in, std::size_t count, DType dtype, std::uint8_t* wire,
             std::uintptr_t stream = 0, int device = -1);
 
 // Checks `wire_size` bytes at device address `wire` and decodes `count`
-// fp32 values into (or adds them to) device address `out`. Synchronizes
-// `stream` to learn whether the bytes were valid: malformed input throws
-// ProtocolError naming the first bad block, and `out` is not written.
+// fp32 values into (or adds them to) device address `out`. The block codecs
+// (minmax_uint8, sign1bit) check every header on the device and synchronize
+// `stream` to learn the verdict: malformed input throws ProtocolError naming
+// the first bad block, and `out` is not written. The float codecs have no
+// headers (the size is checked here) and return without synchronizing.
 void decode(const Codec& codec, const std::uint8_t* wire, std::size_t wire_size, std::size_t count, float* out,
             bool accumulate, std::uintptr_t stream = 0, int device = -1);
 

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -130,7 +132,7 @@ TEST(Sign1Bit, ErrorFeedbackTelescopes) {
 TEST(Codecs, EveryCpuVariantWritesTheSameBytes) {
   const auto isas = kernels::available_isas();
   ASSERT_GE(isas.size(), 2u);  // at least scalar and baseline on g++
-  for (const std::string name : {"minmax_uint8", "sign1bit"}) {
+  for (const std::string name : {"minmax_uint8", "sign1bit", "fp16"}) {
     for (std::size_t n : {std::size_t{1}, std::size_t{15}, std::size_t{16}, std::size_t{33}, std::size_t{4099},
                           std::size_t{100000}}) {
       auto v = random_values(n, 7 * n);
@@ -142,6 +144,39 @@ TEST(Codecs, EveryCpuVariantWritesTheSameBytes) {
         EXPECT_EQ(decode(*codec, reference, n), decode(*make_codec(name, 1000, isas.front()), reference, n));
       }
     }
+  }
+}
+
+// fp16 narrowing (F16C on AVX2 machines) against float_to_half, on the
+// values where rounding is decided: every half, the midpoints between
+// neighbours and the floats just beside them, the overflow threshold,
+// subnormals, signed zeros, Inf, and NaNs with payloads.
+TEST(Codecs, EveryCpuVariantNarrowsToFp16Alike) {
+  std::vector<float> v;
+  for (std::uint32_t h = 0; h < 0x7bff; ++h) {  // 0x7bff's upper neighbour is Inf: 65520 is listed below
+    for (std::uint32_t sign : {0u, 0x8000u}) {
+      const float lo = half_to_float(static_cast<std::uint16_t>(h | sign));
+      const float hi = half_to_float(static_cast<std::uint16_t>((h + 1) | sign));
+      const float mid = lo + (hi - lo) * 0.5f;  // exact: fp16 values leave fp32 13 spare bits
+      for (float x : {lo, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, hi * 2)}) v.push_back(x);
+    }
+  }
+  for (float x : {65504.0f, 65519.99f, 65520.0f, 1e30f, 1e-40f, -1e-45f, std::numeric_limits<float>::infinity()}) {
+    v.push_back(x);
+    v.push_back(-x);
+  }
+  for (std::uint32_t nan : {0x7fc00000u, 0x7f800001u, 0xffc12345u, 0x7fbfffffu}) v.push_back(bits_float(nan));
+  std::vector<std::uint8_t> want(2 * v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const std::uint16_t h = float_to_half(v[i]);
+    std::memcpy(want.data() + 2 * i, &h, 2);
+  }
+  for (auto isa : kernels::available_isas()) {
+    std::vector<std::uint8_t> got(2 * v.size());
+    kernels::narrow_f16(v.data(), v.size(), got.data(), isa);
+    const auto m = std::mismatch(got.begin(), got.end(), want.begin());
+    EXPECT_TRUE(m.first == got.end()) << kernels::isa_name(isa) << ": value " << (m.first - got.begin()) / 2 << " = "
+                                      << v[(m.first - got.begin()) / 2];
   }
 }
 

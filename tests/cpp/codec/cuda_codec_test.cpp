@@ -6,7 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <string>
 #include <limits>
 #include <random>
 
@@ -69,12 +72,37 @@ std::vector<float> gpu_decode(const Codec& c, const std::vector<std::uint8_t>& w
   return out;
 }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+// Bit for bit, except that with `any_nan` a NaN matches any NaN (a NaN made
+// by an addition has an unspecified payload: codec.hpp). Describes the first
+// difference, or returns "".
+std::string first_difference(const std::vector<float>& got, const std::vector<float>& want, bool any_nan = false) {
+  if (got.size() != want.size()) return "sizes differ";
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (any_nan && std::isnan(got[i]) && std::isnan(want[i])) continue;
+    if (float_bits(got[i]) != float_bits(want[i])) {
+      return "value " + std::to_string(i) + ": " + std::to_string(got[i]) + " vs " + std::to_string(want[i]);
+    }
+  }
+  return "";
+}
+
+std::string first_difference(const std::vector<std::uint8_t>& got, const std::vector<std::uint8_t>& want) {
+  if (got.size() != want.size()) return "sizes differ";
+  const auto m = std::mismatch(got.begin(), got.end(), want.begin());
+  if (m.first == got.end()) return "";
+  return "byte " + std::to_string(m.first - got.begin()) + ": " + std::to_string(*m.first) + " vs " +
+         std::to_string(*m.second);
+}
+
+std::vector<std::uint8_t> as_bytes(const std::vector<float>& v) {
+  std::vector<std::uint8_t> out(v.size() * 4);
+  std::memcpy(out.data(), v.data(), out.size());
+  return out;
 }
 
 const std::size_t kSizes[] = {1, 7, 17, 4096, 4099, 70001};
-const std::size_t kBlocks[] = {0, 7, 4096};
+// 20000: codec blocks longer than the kernels' 8192-value tiles, several of them.
+const std::size_t kBlocks[] = {0, 7, 4096, 20000};
 
 }  // namespace
 
@@ -96,10 +124,33 @@ TEST(CudaCodec, EncodesTheCpuBytes) {
             const auto in = values(n, t, static_cast<unsigned>(n + block), specials);
             std::vector<std::uint8_t> cpu(codec->wire_bytes(n));
             codec->encode(in.data(), n, t, cpu.data());
-            ASSERT_EQ(gpu_encode(*codec, in, n, t), cpu)
+            ASSERT_EQ(first_difference(gpu_encode(*codec, in, n, t), cpu), "")
                 << name << " block=" << block << " dtype=" << dtype_name(t) << " n=" << n << " specials=" << specials;
           }
         }
+      }
+    }
+  }
+}
+
+TEST(CudaCodec, EdgeValuesEncodeAlike) {
+  REQUIRE_CUDA_DEVICE();
+  const float big = 3.0e38f;
+  const std::vector<std::vector<float>> cases = {
+      {-0.0f, 0.0f, -0.0f, 0.0f, 1.0f},                 // min and max among signed zeros
+      {0.0f, -0.0f, 0.0f},                              // a block of zeros
+      {-big, big, 1.0f, -1.0f},                         // hi - lo beyond fp32: flagged
+      std::vector<float>(40, big),                      // |v| sum overflows: sign1bit flags it
+      {6.0e-8f, -6.0e-8f, 3.0e-5f, 1.0e-40f, -1.0e-45f}, // fp16 subnormals, fp32 denormals
+  };
+  for (const auto& name : codec_names()) {
+    for (std::size_t block : {std::size_t{0}, std::size_t{3}}) {
+      auto codec = make_codec(name, block);
+      for (const auto& v : cases) {
+        std::vector<std::uint8_t> cpu(codec->wire_bytes(v.size()));
+        codec->encode(v.data(), v.size(), DType::F32, cpu.data());
+        EXPECT_EQ(first_difference(gpu_encode(*codec, as_bytes(v), v.size(), DType::F32), cpu), "")
+            << name << " block=" << block << " first value " << v[0];
       }
     }
   }
@@ -133,7 +184,7 @@ TEST(CudaCodec, DecodesAsTheCpuDoes) {
           for (std::size_t i = 0; i < n; ++i) cpu[i] = 0.125f * static_cast<float>(i % 9);
           const std::vector<float> initial = cpu;
           codec->decode(wire.data(), wire.size(), n, cpu.data(), accumulate);
-          EXPECT_TRUE(same_bits(gpu_decode(*codec, wire, n, initial, accumulate), cpu))
+          EXPECT_EQ(first_difference(gpu_decode(*codec, wire, n, initial, accumulate), cpu, accumulate), "")
               << name << " block=" << block << " n=" << n << " accumulate=" << accumulate;
         }
       }
@@ -161,6 +212,13 @@ TEST(CudaCodec, RefusesWhatTheCpuRefusesAndWritesNothing) {
       }
       bad.push_back(w);
     }
+    {
+      // Two bad blocks: both sides name the first (block 1, at value 30).
+      auto w = good;
+      w[codec->wire_bytes(30) + 8] ^= 0x40;
+      w[third_block + 8] ^= 0x40;
+      bad.push_back(w);
+    }
     const std::vector<float> initial(n, 9.0f);
     for (const auto& w : bad) {
       std::vector<float> cpu = initial;
@@ -168,13 +226,29 @@ TEST(CudaCodec, RefusesWhatTheCpuRefusesAndWritesNothing) {
       cuda::DeviceBuffer dwire(w.size()), dout(n * 4);
       dwire.upload(w.data(), w.size());
       dout.upload(initial.data(), n * 4);
-      EXPECT_THROW(cuda::decode(*codec, static_cast<const std::uint8_t*>(dwire.data()), w.size(), n,
-                                static_cast<float*>(dout.data()), false),
-                   ProtocolError)
-          << name;
+      std::string cpu_message, gpu_message;
+      try {
+        codec->decode(w.data(), w.size(), n, cpu.data(), true);
+      } catch (const ProtocolError& e) {
+        cpu_message = e.what();
+      }
+      try {
+        cuda::decode(*codec, static_cast<const std::uint8_t*>(dwire.data()), w.size(), n,
+                     static_cast<float*>(dout.data()), true);
+      } catch (const ProtocolError& e) {
+        gpu_message = e.what();
+      }
+      ASSERT_FALSE(cpu_message.empty()) << name;
+      ASSERT_FALSE(gpu_message.empty()) << name << ": the CUDA decoder accepted a corrupt block";
+      // Both name the same block: "block at value N".
+      const auto where = [](const std::string& m) {
+        const auto at = m.find("block at value ");
+        return at == std::string::npos ? -1L : std::stol(m.substr(at + 15));
+      };
+      EXPECT_EQ(where(gpu_message), where(cpu_message)) << gpu_message << " | " << cpu_message;
       std::vector<float> out(n);
       dout.download(out.data(), n * 4);
-      EXPECT_TRUE(same_bits(out, initial)) << name << ": a refused decode wrote to the output";
+      EXPECT_EQ(first_difference(out, initial), "") << name << ": a refused decode wrote to the output";
     }
     cuda::DeviceBuffer dwire(good.size()), dout(n * 4);
     EXPECT_THROW(cuda::decode(*codec, static_cast<const std::uint8_t*>(dwire.data()), good.size() - 1, n,
