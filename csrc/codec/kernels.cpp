@@ -9,6 +9,7 @@
 #include <limits>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -74,9 +75,19 @@ BAGUA_KERNEL_ATTR void narrow_f16(const float* v, std::size_t n, std::uint8_t* o
 #define BAGUA_HAVE_AVX2 1
 #endif
 
+#ifdef BAGUA_HAVE_AVX2
+namespace {
+// From CPUID itself: clang's __builtin_cpu_supports does not know "f16c".
+bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+}  // namespace
+#endif
+
 Isa best_isa() {
 #ifdef BAGUA_HAVE_AVX2
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  static const bool avx2 = __builtin_cpu_supports("avx2") && cpu_has_f16c();
   if (avx2) return Isa::Avx2;
 #endif
   return Isa::Baseline;
