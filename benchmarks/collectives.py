@@ -70,6 +70,7 @@ class _TcpRing:
 
     def __init__(self, rank: int, world: int, address: str, group):
         self.listener = socket.create_server((address, 0))
+        self.listener.settimeout(600)  # a neighbour that never connects is an error, not a hang
         ports = [None] * world
         dist.all_gather_object(ports, (address, self.listener.getsockname()[1]), group=group)
         self.out = socket.create_connection(ports[(rank + 1) % world], timeout=600)
