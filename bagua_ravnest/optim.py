@@ -9,6 +9,14 @@ variance frozen at the switch, with the usual bias corrections. Coordinates
 whose frozen variance is exactly 0 (no gradient during the whole warm-up)
 are not updated after the switch.
 
+With ``precondition=True`` the algorithm compresses each momentum divided by
+the Adam denominator frozen at the switch (sqrt(v_hat) + eps) and multiplies
+back after averaging: the codec's per-block scale then follows the size of
+each coordinate's update instead of its raw momentum, so a coordinate with a
+tiny frozen variance no longer receives a step of lr * (its block's momentum
+scale) / sqrt(v). The update is the same in expectation; see docs/qadam.md
+for what it changes in practice.
+
     opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=1e-3, warmup_steps=100)
     model = bagua_ravnest.DistributedDataParallel(model, algorithm="qadam", optimizer=opt)
 """
@@ -21,7 +29,8 @@ import torch
 
 
 class QAdamOptimizer(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, warmup_steps: int = 100):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, warmup_steps: int = 100,
+                 precondition: bool = False):
         if not lr > 0:
             raise ValueError(f"QAdamOptimizer: lr must be positive, got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -30,15 +39,30 @@ class QAdamOptimizer(torch.optim.Optimizer):
             raise ValueError(f"QAdamOptimizer: eps must be positive, got {eps}")
         if int(warmup_steps) != warmup_steps or warmup_steps < 0:
             raise ValueError(f"QAdamOptimizer: warmup_steps must be a non-negative integer, got {warmup_steps}")
+        if precondition and warmup_steps < 1:
+            raise ValueError("QAdamOptimizer: precondition=True divides by the variance of the warm-up; "
+                             "use warmup_steps >= 1")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
         self.warmup_steps = int(warmup_steps)
+        self.precondition = bool(precondition)
+        # Per parameter, once the variance is frozen: sqrt(v), and +inf where
+        # v is 0 (dividing by it leaves those coordinates where they are).
+        # Derived from the state, so not saved; reset by load_state_dict.
+        self._frozen_sqrt: dict[torch.Tensor, torch.Tensor] = {}
 
     def algorithm_spec(self, name: str = "qadam") -> str:
         """The spec of `name` (qadam or onebit_adam) that matches these hyperparameters."""
-        beta1 = self.param_groups[0]["betas"][0]
+        beta1, beta2 = self.param_groups[0]["betas"]
         if any(g["betas"][0] != beta1 for g in self.param_groups):
             raise ValueError(f"QAdamOptimizer: every parameter group must use the same betas[0] with {name}")
-        return f"{name}:beta1={beta1!r},warmup_steps={self.warmup_steps}"
+        if not self.precondition:
+            return f"{name}:beta1={beta1!r},warmup_steps={self.warmup_steps}"
+        eps = self.param_groups[0]["eps"]
+        if any(g["betas"][1] != beta2 or g["eps"] != eps for g in self.param_groups):
+            raise ValueError(f"QAdamOptimizer: with precondition=True every parameter group must use the same "
+                             f"betas and eps with {name}")
+        return (f"{name}:beta1={beta1!r},beta2={beta2!r},eps={eps!r},precondition=true,"
+                f"warmup_steps={self.warmup_steps}")
 
     def state_dict(self):
         out = super().state_dict()
@@ -52,6 +76,7 @@ class QAdamOptimizer(torch.optim.Optimizer):
             raise ValueError(f"QAdamOptimizer: the checkpoint used warmup_steps={saved}, this optimizer "
                              f"{self.warmup_steps}; construct it with the same value")
         super().load_state_dict(state_dict)
+        self._frozen_sqrt.clear()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -72,18 +97,22 @@ class QAdamOptimizer(torch.optim.Optimizer):
                 state["step"] += 1
                 t = int(state["step"].item())
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                step_size = group["lr"] / (1 - beta1**t)
+                correction = math.sqrt(1 - beta2**t)
                 if t <= self.warmup_steps:
                     # Plain Adam on the averaged gradient, as torch.optim.Adam computes it.
                     exp_avg.lerp_(p.grad, 1 - beta1)
                     exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                    momentum = exp_avg
-                else:
-                    # .grad holds the momentum the algorithm averaged; the variance stays frozen.
-                    # Where it is 0 the parameter never had a gradient during warm-up: exact Adam
-                    # would not move it (its momentum is 0), and dividing compression noise by
-                    # eps would throw it far away, so it stays put.
-                    momentum = p.grad * (exp_avg_sq > 0)
-                step_size = group["lr"] / (1 - beta1**t)
-                denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
-                p.addcdiv_(momentum, denom, value=-step_size)
+                    denom = (exp_avg_sq.sqrt() / correction).add_(group["eps"])
+                    p.addcdiv_(exp_avg, denom, value=-step_size)
+                    continue
+                # .grad holds the momentum the algorithm averaged; the variance stays frozen.
+                # Where it is 0 the parameter never had a gradient during warm-up: exact Adam
+                # would not move it (its momentum is 0), and dividing compression noise by
+                # eps would throw it far away, so it stays put (its denominator is +inf).
+                frozen = self._frozen_sqrt.get(p)
+                if frozen is None:
+                    frozen = self._frozen_sqrt[p] = exp_avg_sq.sqrt().masked_fill_(exp_avg_sq == 0, math.inf)
+                denom = (frozen / correction).add_(group["eps"])
+                p.addcdiv_(p.grad, denom, value=-step_size)
         return loss

@@ -13,7 +13,7 @@ algorithm spec; options follow a colon and are comma-separated
 composed from parts (`codec=minmax_uint8,exchange=allreduce`). Every
 algorithm trains with SGD (momentum 0.9, --lr) except `qadam` and
 `onebit_adam`, which are Adam (bagua_ravnest.QAdamOptimizer, --adam-lr,
---adam-warmup-steps).
+--adam-warmup-steps; `onebit_adam:precondition=true` sets its precondition).
 
 With --bandwidth-mbit the ranks run in an emulated cluster with shaped links
 (benchmarks/netem; needs root) and bytes_sent_per_step is read from each
@@ -23,8 +23,9 @@ Algorithms take turns in --rounds blocks of steps, so that drifts of the
 machine's speed affect all of them alike. A step's time is its slowest
 rank's. Per algorithm: samples_per_s (all ranks' samples over the summed
 step times, warm-up steps excluded), step_ms_median, final_loss (mean over
-ranks of the loss averaged over the last five steps), and the loss curve
-against the algorithm's own training time.
+ranks of the loss averaged over the last five steps), time_to_target_s (the
+algorithm's own training time until that five-step mean first falls below
+--target-loss), and the loss curve against that training time.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from workloads import SyntheticTask, build_model  # noqa: E402
 
 BASELINES = ("ddp", "ddp_fp16", "ddp_powersgd", "ddp_localsgd", "horovod")
 LOCALSGD_PERIOD = 4
+SMOOTHING = 5  # steps in the final loss and in the loss that decides time to target
 
 
 def _composed(spec: str) -> bool:
@@ -121,6 +123,19 @@ def _init_horovod(rank: int, world: int, gloo, net):
     return hvd
 
 
+def _adam_precondition(algorithm: str) -> bool:
+    """qadam's and onebit_adam's hyperparameters live in their optimizer
+    (--adam-lr, --adam-warmup-steps); the one option their name may carry is
+    precondition."""
+    name, _, rest = algorithm.partition(":")
+    options = dict(kv.partition("=")[::2] for kv in rest.split(",")) if rest else {}
+    value = options.pop("precondition", "false").lower()
+    if options or value not in ("true", "false"):
+        raise ValueError(f"{algorithm!r}: {name} takes only precondition=true|false here; --adam-lr and "
+                         f"--adam-warmup-steps set the rest")
+    return value == "true"
+
+
 def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_steps: int, rank: int, world: int, net,
           adam_lr: float, adam_warmup: int, bucket_cap_mb: float | None = None):
     """The model as trained by `algorithm`, its optimizer, and a function to
@@ -166,7 +181,8 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
     if name in ("qadam", "onebit_adam"):
         # An optimizer as much as an exchange: Adam, exact for the warm-up
         # steps, then with compressed momenta.
-        opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=adam_lr, warmup_steps=adam_warmup)
+        opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=adam_lr, warmup_steps=adam_warmup,
+                                           precondition=_adam_precondition(algorithm))
         return bagua_ravnest.DistributedDataParallel(model, algorithm=name, optimizer=opt, **cap), opt, after_step
     opt = optimizer_factory(model)
     return bagua_ravnest.DistributedDataParallel(model, algorithm=algorithm, optimizer=opt, **cap), opt, after_step
@@ -236,7 +252,10 @@ class _Trainer:
         phases = phases.median(dim=0).values
         dist.all_reduce(phases, op=dist.ReduceOp.MAX, group=gloo)
         seconds = torch.cumsum(t, 0)
-        below = [i for i, v in enumerate(mean_loss) if args.target_loss is not None and v < args.target_loss]
+        # Time to target: when the mean loss over the last SMOOTHING steps
+        # first falls below it (one batch's loss is too noisy to decide).
+        trailing = [statistics.fmean(mean_loss[max(0, i + 1 - SMOOTHING) : i + 1]) for i in range(len(mean_loss))]
+        below = [i for i, v in enumerate(trailing) if args.target_loss is not None and v < args.target_loss]
         return {
             "algorithm": self.algorithm,
             "spec": getattr(self.model, "algorithm", "horovod (gloo)" if self.algorithm == "horovod" else "torch DDP (gloo)"),
@@ -248,7 +267,7 @@ class _Trainer:
             "samples_per_s": world * args.batch_size * len(timed) / float(timed.sum()),
             "step_ms_median": 1000 * statistics.median(timed.tolist()),
             "phase_ms_median": dict(zip(("forward", "backward", "step"), (1000 * phases).tolist())),
-            "final_loss": statistics.fmean(mean_loss[-5:]),
+            "final_loss": statistics.fmean(mean_loss[-SMOOTHING:]),
             "bytes_sent_per_step": float(sent) / world / max(1, timed_steps),
             "time_to_target_s": float(seconds[below[0]]) if below else None,
             "curve": {"seconds": seconds.tolist(), "loss": mean_loss},
@@ -292,6 +311,11 @@ def run(args) -> list[dict]:
             raise SystemExit(
                 f"unknown algorithm {name!r}; choose from {', '.join(BASELINES + tuple(bagua_ravnest.algorithm_names()))}"
             )
+        if name in ("qadam", "onebit_adam"):
+            try:
+                _adam_precondition(a)
+            except ValueError as e:
+                raise SystemExit(str(e)) from e
     with network(args.bandwidth_mbit, args.world_size) as net:
         rows = values(run_world(_worker, args.world_size, algorithms, args, net, env=net.env,
                                 timeout=args.timeout, netns=net.netns, hostnames=net.hostnames))[0]
@@ -338,7 +362,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=10, help="algorithms take turns this many times")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--bandwidth-mbit", help="emulated link rate(s) in Mbit/s: one, or one per rank (needs root)")
-    ap.add_argument("--target-loss", type=float, default=None, help="report the training time to reach this loss")
+    ap.add_argument("--target-loss", type=float, default=None,
+                    help="report the training time until the mean loss of the last 5 steps is below this")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--json", dest="json_path")
     return ap

@@ -1,8 +1,13 @@
 """Models and generated data shared by the training benchmarks and the demo.
 
-The data is a fixed synthetic classification task: inputs are Gaussian, labels
-come from a randomly initialised "teacher" network, so the task is learnable,
-needs no download, and is identical on every machine for a given seed.
+The data is generated, so it needs no download and is identical on every
+machine for a given seed:
+- mlp: Gaussian inputs labelled by a randomly initialised "teacher" network;
+- convnet: noisy images of ten fixed smooth patterns, one per class (the
+  image is Gaussian noise plus 0.2 times the class's pattern). A convnet
+  learns it in a few dozen steps, so "time to a target loss" separates
+  algorithms; the teacher task moved the convnet's loss only from 2.30 to
+  2.25 in 30 steps, and a target there measured noise.
 """
 
 from __future__ import annotations
@@ -40,19 +45,38 @@ def input_shape(name: str) -> tuple[int, ...]:
     return (256,) if name == "mlp" else (3, 32, 32)
 
 
+PATTERN_AMPLITUDE = 0.2  # the convnet task's signal next to unit noise
+
+
+def class_patterns(seed: int = 0) -> torch.Tensor:
+    """Ten smooth 3x32x32 patterns of unit standard deviation: random 4x4
+    images scaled up bilinearly, so that convolutions and pooling see them."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    coarse = torch.randn(NUM_CLASSES, 3, 4, 4, generator=g)
+    patterns = nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
+    return patterns / patterns.flatten(1).std(dim=1).view(-1, 1, 1, 1)
+
+
 class SyntheticTask:
     """An endless, deterministic stream of (x, y) batches for one rank."""
 
     def __init__(self, model: str, rank: int, batch_size: int, seed: int = 0):
+        self.model = model
         self.shape = input_shape(model)
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed * 7919 + rank)
-        torch.manual_seed(10_000 + seed)  # the teacher is the same on every rank
-        features = int(torch.tensor(self.shape).prod())
-        self.teacher = nn.Sequential(nn.Linear(features, 64), nn.Tanh(), nn.Linear(64, NUM_CLASSES))
+        if model == "convnet":
+            self.patterns = class_patterns(seed)
+        else:
+            torch.manual_seed(10_000 + seed)  # the teacher is the same on every rank
+            features = int(torch.tensor(self.shape).prod())
+            self.teacher = nn.Sequential(nn.Linear(features, 64), nn.Tanh(), nn.Linear(64, NUM_CLASSES))
 
     @torch.no_grad()
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(self.batch_size, *self.shape, generator=self.generator)
+        if self.model == "convnet":
+            y = torch.randint(0, NUM_CLASSES, (self.batch_size,), generator=self.generator)
+            return x + PATTERN_AMPLITUDE * self.patterns[y], y
         y = self.teacher(x.reshape(self.batch_size, -1)).argmax(dim=1)
         return x, y

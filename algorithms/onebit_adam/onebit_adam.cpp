@@ -13,8 +13,7 @@ void register_onebit_adam(AlgorithmRegistry& registry) {
                AlgorithmEntry{
                    "Adam with momenta averaged as 1-bit signs with error feedback after an exact warm-up "
                    "(use with bagua_ravnest.QAdamOptimizer)",
-                   {{"warmup_steps", "steps of exact Adam before compression starts (default 100)"},
-                    {"beta1", "momentum decay, as the optimizer's betas[0] (default 0.9)"}},
+                   qadam_option_docs(),
                    [](const AlgorithmOptions& o, const WorldInfo& world) -> std::unique_ptr<Algorithm> {
                      QAdamOptions defaults;
                      defaults.name = "onebit_adam";

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstring>
 #include <numeric>
 
@@ -22,6 +23,34 @@ void lerp_momentum(float* m, const float* g, std::size_t n, float weight) {
   }
 }
 
+namespace {
+
+// v = fma((1 - beta2) g, g, beta2 v): the rounding of torch's
+// exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2) on its vectorized
+// CPU path, so that this variance, and the denominators derived from it,
+// equal the optimizer's bit for bit. fma is exact wherever it runs; the FMA
+// unit only makes it fast.
+void accumulate_square_portable(float* v, const float* g, std::size_t n, float decay, float fresh) {
+  for (std::size_t k = 0; k < n; ++k) v[k] = std::fma(fresh * g[k], g[k], v[k] * decay);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("fma"))) void accumulate_square_fma(float* v, const float* g, std::size_t n, float decay,
+                                                          float fresh) {
+  for (std::size_t k = 0; k < n; ++k) v[k] = std::fma(fresh * g[k], g[k], v[k] * decay);
+}
+#endif
+
+void accumulate_square(float* v, const float* g, std::size_t n, float decay, float fresh) {
+#if defined(__x86_64__)
+  static const bool has_fma = __builtin_cpu_supports("fma");
+  if (has_fma) return accumulate_square_fma(v, g, n, decay, fresh);
+#endif
+  accumulate_square_portable(v, g, n, decay, fresh);
+}
+
+}  // namespace
+
 QAdam::QAdam(QAdamOptions options, int rank, int world_size)
     : options_(std::move(options)),
       position_(rank),
@@ -31,10 +60,26 @@ QAdam::QAdam(QAdamOptions options, int rank, int world_size)
   if (!(options_.beta1 >= 0.0 && options_.beta1 < 1.0)) {
     throw InvalidArgument(fmt::format("qadam: beta1 must be in [0, 1), got {}", options_.beta1));
   }
+  if (options_.precondition) {
+    if (!(options_.beta2 >= 0.0 && options_.beta2 < 1.0)) {
+      throw InvalidArgument(fmt::format("{}: beta2 must be in [0, 1), got {}", options_.name, options_.beta2));
+    }
+    if (!(options_.eps > 0.0)) {
+      throw InvalidArgument(fmt::format("{}: eps must be positive, got {}", options_.name, options_.eps));
+    }
+    if (options_.warmup_steps == 0) {
+      throw InvalidArgument(fmt::format(
+          "{}: precondition divides by the variance of the warm-up; use warmup_steps >= 1", options_.name));
+    }
+  }
   std::iota(everyone_.begin(), everyone_.end(), 0);
 }
 
 std::string QAdam::spec() const {
+  if (options_.precondition) {
+    return fmt::format("{}:beta1={},beta2={},eps={},precondition=true,warmup_steps={}", options_.name,
+                       options_.beta1, options_.beta2, options_.eps, options_.warmup_steps);
+  }
   return fmt::format("{}:beta1={},warmup_steps={}", options_.name, options_.beta1, options_.warmup_steps);
 }
 
@@ -52,6 +97,14 @@ void QAdam::init_operations(const BucketView& b) {
     }
   }
   momenta_[i].assign(b.count, 0.0f);
+  if (options_.precondition) {
+    if (variances_.size() <= i) {
+      variances_.resize(i + 1);
+      denominators_.resize(i + 1);
+    }
+    variances_[i].assign(b.count, 0.0f);
+    denominators_[i].clear();
+  }
   if (options_.error_feedback) {
     worker_residuals_[i].assign(b.count, 0.0f);
     server_residuals_[i].assign(
@@ -67,22 +120,52 @@ void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
     // Warm-up: exact average; the momentum follows Adam's exp_avg.
     ring_allreduce(ctx.comm, ring_, g, b.count, DType::F32, ReduceOp::Avg, ctx.tag);
     lerp_momentum(m.data(), g, b.count, weight);
+    if (options_.precondition) {
+      // v = beta2 v + (1 - beta2) g^2, as the optimizer's exp_avg_sq.
+      accumulate_square(variances_.at(b.index).data(), g, b.count, static_cast<float>(options_.beta2),
+                        static_cast<float>(1.0 - options_.beta2));
+    }
     return;
   }
   lerp_momentum(m.data(), g, b.count, weight);
+  if (options_.precondition) divide_by_denominator(b.index, m.data(), b.count);
   if (options_.error_feedback) {
     const ErrorFeedbackBuffers fb{&worker_residuals_.at(b.index), &server_residuals_.at(b.index)};
     compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag, &fb);
   } else {
     compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag);
   }
+  if (options_.precondition) multiply_by_denominator(b.index, m.data(), b.count);
   std::memcpy(g, m.data(), b.count * sizeof(float));
+}
+
+void QAdam::divide_by_denominator(std::size_t bucket, float* m, std::size_t n) {
+  const auto& v = variances_.at(bucket);
+  auto& d = denominators_.at(bucket);
+  if (d.empty()) {
+    // Adam's denominator at the switch, as the optimizer computes it:
+    // sqrt(v) / sqrt(1 - beta2^T) + eps in fp32, T = warmup_steps.
+    const auto correction =
+        static_cast<float>(std::sqrt(1.0 - std::pow(options_.beta2, static_cast<double>(options_.warmup_steps))));
+    const auto eps = static_cast<float>(options_.eps);
+    d.resize(n);
+    for (std::size_t k = 0; k < n; ++k) d[k] = std::sqrt(v[k]) / correction + eps;
+  }
+  // Where v is 0 the optimizer never moves the coordinate; m / eps would
+  // only inflate its block's scale, so it is sent as 0.
+  for (std::size_t k = 0; k < n; ++k) m[k] = v[k] > 0.0f ? m[k] / d[k] : 0.0f;
+}
+
+void QAdam::multiply_by_denominator(std::size_t bucket, float* m, std::size_t n) const {
+  const auto& d = denominators_.at(bucket);
+  for (std::size_t k = 0; k < n; ++k) m[k] *= d[k];
 }
 
 std::vector<std::pair<std::string, std::vector<float>*>> QAdam::state_vectors() {
   std::vector<std::pair<std::string, std::vector<float>*>> out;
   for (std::size_t i = 0; i < momenta_.size(); ++i) {
     out.emplace_back(fmt::format("bucket{}.momentum", i), &momenta_[i]);
+    if (options_.precondition) out.emplace_back(fmt::format("bucket{}.variance", i), &variances_[i]);
     if (options_.error_feedback) {
       out.emplace_back(fmt::format("bucket{}.worker_residual", i), &worker_residuals_[i]);
       out.emplace_back(fmt::format("bucket{}.server_residual", i), &server_residuals_[i]);
@@ -116,6 +199,7 @@ void QAdam::load_state_dict(const AlgorithmState& state) {
                                       state.size(), vectors.size()));
   }
   for (const auto& [key, v] : vectors) std::memcpy(v->data(), state.at(key).data(), v->size() * sizeof(float));
+  for (auto& d : denominators_) d.clear();  // derived from the variance just loaded
 }
 
 QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions opts) {
@@ -136,7 +220,28 @@ QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions opts) {
       throw InvalidArgument(fmt::format("{}: beta1='{}' is not a number", opts.name, it->second));
     }
   }
+  opts.precondition = option_bool(o, "precondition", opts.precondition);
+  for (auto [key, target] : {std::pair{"beta2", &opts.beta2}, std::pair{"eps", &opts.eps}}) {
+    auto it = o.find(key);
+    if (it == o.end()) continue;
+    if (!opts.precondition) {
+      throw InvalidArgument(fmt::format("{}: {} is used only with precondition=true", opts.name, key));
+    }
+    try {
+      *target = std::stod(it->second);
+    } catch (const std::exception&) {
+      throw InvalidArgument(fmt::format("{}: {}='{}' is not a number", opts.name, key, it->second));
+    }
+  }
   return opts;
+}
+
+std::map<std::string, std::string> qadam_option_docs() {
+  return {{"warmup_steps", "steps of exact Adam before compression starts (default 100)"},
+          {"beta1", "momentum decay, as the optimizer's betas[0] (default 0.9)"},
+          {"precondition", "true: compress the momentum divided by Adam's frozen denominator (default false)"},
+          {"beta2", "with precondition: the variance's decay, as the optimizer's betas[1] (default 0.999)"},
+          {"eps", "with precondition: as the optimizer's eps (default 1e-8)"}};
 }
 
 void register_qadam(AlgorithmRegistry& registry) {
@@ -144,8 +249,7 @@ void register_qadam(AlgorithmRegistry& registry) {
                AlgorithmEntry{
                    "Adam with momenta averaged by an 8-bit compressed all-reduce after an exact warm-up "
                    "(use with bagua_ravnest.QAdamOptimizer)",
-                   {{"warmup_steps", "steps of exact Adam before compression starts (default 100)"},
-                    {"beta1", "momentum decay, as the optimizer's betas[0] (default 0.9)"}},
+                   qadam_option_docs(),
                    [](const AlgorithmOptions& o, const WorldInfo& world) -> std::unique_ptr<Algorithm> {
                      return std::make_unique<QAdam>(parse_qadam_options(o, QAdamOptions{}), world.rank, world.size);
                    }});

@@ -9,8 +9,19 @@
 //
 // onebit_adam (algorithms/onebit_adam) is the same object with the sign1bit
 // codec and error feedback on both sides of the exchange.
+//
+// With `precondition`, what is compressed is the momentum divided by Adam's
+// frozen denominator d = sqrt(v_hat) + eps, computed from the variance this
+// object follows during warm-up (the same v as the optimizer's). Every rank
+// has the same d, so averaging m/d and multiplying back by d averages m;
+// but the codec's per-block scale now follows the update each coordinate
+// will get, not its raw momentum. Without it, a coordinate with a tiny
+// frozen variance receives its block's momentum scale and moves by
+// lr * scale / sqrt(v): millions of times lr (docs/qadam.md).
 #pragma once
 
+#include <map>
+#include <string>
 #include <vector>
 
 #include "algorithms/algorithm.hpp"
@@ -33,6 +44,9 @@ struct QAdamOptions {
   // double, as Python passes it: the momentum weight 1 - beta1 is then
   // rounded to fp32 once, like torch's lerp_(g, 1 - beta1) does.
   double beta1 = 0.9;
+  bool precondition = false;
+  double beta2 = 0.999;  // with precondition: the variance's decay, as the optimizer's betas[1]
+  double eps = 1e-8;     // with precondition: as the optimizer's eps
 };
 
 class QAdam final : public Algorithm {
@@ -55,15 +69,26 @@ class QAdam final : public Algorithm {
   Ring ring_;
   std::vector<int> everyone_;
   CodecPtr codec_;
+  // Precondition, in place: m <- m / d (0 where v is 0: the optimizer never
+  // moves those coordinates), and back: m <- m * d.
+  void divide_by_denominator(std::size_t bucket, float* m, std::size_t n);
+  void multiply_by_denominator(std::size_t bucket, float* m, std::size_t n) const;
+
   std::vector<std::vector<float>> momenta_;  // per bucket
+  // With precondition: the variance during warm-up, and the denominator
+  // derived from it at the switch (recomputed after a checkpoint load).
+  std::vector<std::vector<float>> variances_, denominators_;
   // With error feedback: what compressing this rank's momentum chunks lost
   // (worker) and what compressing its owned reduced chunk lost (server).
   std::vector<std::vector<float>> worker_residuals_, server_residuals_;
 };
 
-// Reads warmup_steps and beta1 from a spec's options (shared by qadam and
-// onebit_adam).
+// Reads warmup_steps, beta1, precondition, beta2 and eps from a spec's
+// options (shared by qadam and onebit_adam).
 QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions defaults);
+
+// The options both take, with their help text.
+std::map<std::string, std::string> qadam_option_docs();
 
 // m <- m + w (g - m), the way torch's lerp_ computes it (so the momentum
 // during warm-up is torch.optim.Adam's exp_avg to the last bit).

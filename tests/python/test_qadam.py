@@ -46,10 +46,10 @@ def test_before_the_switch_it_is_adam_on_the_averaged_gradient(world, algorithm)
         assert spec == f"{algorithm}:beta1=0.9,warmup_steps=100"
 
 
-def _against_reference(rank, world, algorithm, warmup, steps):
+def _against_reference(rank, world, algorithm, warmup, steps, precondition=False):
     gloo = dist.new_group(backend="gloo")
     net = mlp()
-    opt = bagua_ravnest.QAdamOptimizer(net.parameters(), lr=LR, warmup_steps=warmup)
+    opt = bagua_ravnest.QAdamOptimizer(net.parameters(), lr=LR, warmup_steps=warmup, precondition=precondition)
     ours = bagua_ravnest.DistributedDataParallel(net, algorithm=algorithm, optimizer=opt, bucket_cap_mb=0.001)
     residuals = {}  # bucket -> (worker, server), for onebit_adam
     ref = mlp()
@@ -83,12 +83,18 @@ def _against_reference(rank, world, algorithm, warmup, steps):
                 m[i] = m[i] + (1 - b1) * (g - m[i])
             for b, members in enumerate(ours._bucket_members):
                 flat = torch.cat([m[i].reshape(-1) for i in members])
+                if precondition:  # compress m / d, d = Adam's denominator at the switch; 0 where v is 0
+                    frozen = torch.cat([v[i].reshape(-1) for i in members])
+                    d = (frozen.sqrt() / math.sqrt(1 - b2**warmup)).add_(eps)
+                    flat = torch.where(frozen > 0, flat / d, torch.zeros_like(flat))
                 if algorithm == "qadam":
                     averaged = reference_average(flat, minmax_roundtrip, gloo)
                 else:
                     worker, server = residuals.get(b, (torch.zeros_like(flat), torch.zeros_like(flat)))
                     averaged, worker, server = reference_average_with_feedback(flat, worker, server, gloo)
                     residuals[b] = (worker, server)
+                if precondition:
+                    averaged = averaged * d
                 offset = 0
                 for i in members:
                     m[i] = averaged[offset : offset + m[i].numel()].view_as(m[i]).clone()
@@ -105,16 +111,95 @@ def _against_reference(rank, world, algorithm, warmup, steps):
     return (flat_params(ours) - flat_params(ref)).abs().max().item()
 
 
+@pytest.mark.parametrize("precondition", [False, True])
 @pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("algorithm", ["qadam", "onebit_adam"])
-def test_after_the_switch_matches_the_reference(world, algorithm):
-    for diff in values(run_world(_against_reference, world, algorithm, 3, 8)):
+def test_after_the_switch_matches_the_reference(world, algorithm, precondition):
+    for diff in values(run_world(_against_reference, world, algorithm, 3, 8, precondition)):
         assert diff <= 1e-5, diff
 
 
-def _train(rank, world, algorithm, steps, resume_from, skip):
+_WARMUP = 3
+
+
+def _tiny_input_task(rank):
+    """A layer one of whose inputs is a million times smaller than the
+    others: the weights it feeds get a tiny but non-zero frozen variance, and
+    share a codec block with weights whose momenta are large."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    g = torch.Generator().manual_seed(rank)
+
+    def batches():
+        for _ in range(8):
+            x = torch.randn(32, 16, generator=g)
+            x[:, 0] *= 1e-6
+            yield x, torch.randint(0, 4, (32,), generator=g)
+
+    return net, batches()
+
+
+def _largest_step_after_the_switch(rank, world, algorithm, precondition):
+    """The largest |change of a parameter| / lr over the steps after the switch."""
+    net, data = _tiny_input_task(rank)
+    opt = bagua_ravnest.QAdamOptimizer(net.parameters(), lr=LR, warmup_steps=_WARMUP, precondition=precondition)
+    model = bagua_ravnest.DistributedDataParallel(net, algorithm=algorithm, optimizer=opt)
+    largest = 0.0
+    for step, (x, y) in enumerate(data):
+        before = [p.detach().clone() for p in net.parameters()]
+        _step(model, opt, x, y)
+        if step >= _WARMUP:
+            moved = max(float((p.detach() - b).abs().max()) for p, b in zip(net.parameters(), before))
+            largest = max(largest, moved / LR)
+    return largest
+
+
+def _largest_step_of_exact_frozen_adam(rank, world):
+    """The same, for the uncompressed algorithm: momenta averaged exactly,
+    variance frozen after the warm-up (plain torch.distributed)."""
+    net, data = _tiny_input_task(rank)
+    params = list(net.parameters())
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    largest = 0.0
+    for t, (x, y) in enumerate(data, start=1):
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        with torch.no_grad():
+            for p, mi, vi in zip(params, m, v):
+                g = p.grad.clone()
+                if t <= _WARMUP:
+                    dist.all_reduce(g, op=dist.ReduceOp.AVG)
+                    vi.mul_(b2).addcmul_(g, g, value=1 - b2)
+                mi.lerp_(g, 1 - b1)
+                if t > _WARMUP:
+                    dist.all_reduce(mi, op=dist.ReduceOp.AVG)
+                step = (mi * (vi > 0)) / ((vi.sqrt() / math.sqrt(1 - b2**t)).add_(eps)) * (LR / (1 - b1**t))
+                p.sub_(step)
+                if t > _WARMUP:
+                    largest = max(largest, float(step.abs().max()) / LR)
+    return largest
+
+
+@pytest.mark.parametrize("algorithm", ["qadam", "onebit_adam"])
+def test_precondition_keeps_steps_the_size_of_exact_steps(algorithm):
+    # Compressing raw momenta gives the tiny-variance weights their block's
+    # momentum scale (or quantization error), divided by their tiny sqrt(v):
+    # steps hundreds of times those of the uncompressed algorithm (the first
+    # assertion shows the case is the hard one). Compressing m / d keeps
+    # every step within twice the largest uncompressed one.
+    exact = max(values(run_world(_largest_step_of_exact_frozen_adam, 2)))
+    assert 0.1 < exact < 100, exact
+    for largest in values(run_world(_largest_step_after_the_switch, 2, algorithm, False)):
+        assert largest > 100 * exact, (largest, exact)
+    for largest in values(run_world(_largest_step_after_the_switch, 2, algorithm, True)):
+        assert largest < 2 * exact, (largest, exact)
+
+
+def _train(rank, world, algorithm, steps, resume_from, skip, precondition=False):
     net = mlp()
-    opt = bagua_ravnest.QAdamOptimizer(net.parameters(), lr=LR, warmup_steps=2)
+    opt = bagua_ravnest.QAdamOptimizer(net.parameters(), lr=LR, warmup_steps=2, precondition=precondition)
     model = bagua_ravnest.DistributedDataParallel(net, algorithm=algorithm, optimizer=opt)
     if resume_from is not None:
         state = torch.load(io.BytesIO(resume_from[rank]), weights_only=True)
@@ -128,14 +213,14 @@ def _train(rank, world, algorithm, steps, resume_from, skip):
     return flat_params(model).tolist(), buf.getvalue(), model.step, sorted(model.state_dict())
 
 
-@pytest.mark.parametrize("algorithm", ["qadam", "onebit_adam"])
-def test_checkpoint_resumes_exactly(algorithm):
+@pytest.mark.parametrize("algorithm,precondition", [("qadam", False), ("onebit_adam", False), ("onebit_adam", True)])
+def test_checkpoint_resumes_exactly(algorithm, precondition):
     world = 2
-    straight = values(run_world(_train, world, algorithm, 6, None, 0))
-    first = values(run_world(_train, world, algorithm, 3, None, 0))
+    straight = values(run_world(_train, world, algorithm, 6, None, 0, precondition))
+    first = values(run_world(_train, world, algorithm, 3, None, 0, precondition))
     saved = [r[1] for r in first]
     assert "_bagua_algorithm_state" in first[0][3]
-    resumed = values(run_world(_train, world, algorithm, 3, saved, 3))
+    resumed = values(run_world(_train, world, algorithm, 3, saved, 3, precondition))
     for r in range(world):
         assert resumed[r][2] == 6  # the step counter came back too
         assert resumed[r][0] == straight[r][0], "a resumed run must continue exactly as an uninterrupted one"
@@ -154,12 +239,21 @@ def _misuse(rank, world, case):
         state = model.state_dict()
         state["_bagua_algorithm_state"]["algorithm"] = "qadam:beta1=0.5,warmup_steps=2"
         model.load_state_dict(state)
+    elif case == "precondition without warm-up":
+        bagua_ravnest.QAdamOptimizer(net.parameters(), warmup_steps=0, precondition=True)
+    elif case == "precondition across checkpoints":
+        opt = bagua_ravnest.QAdamOptimizer(net.parameters(), warmup_steps=2)
+        state = bagua_ravnest.DistributedDataParallel(mlp(), algorithm="onebit_adam", optimizer=opt).state_dict()
+        opt = bagua_ravnest.QAdamOptimizer(net.parameters(), warmup_steps=2, precondition=True)
+        bagua_ravnest.DistributedDataParallel(net, algorithm="onebit_adam", optimizer=opt).load_state_dict(state)
 
 
 @pytest.mark.parametrize("case,message", [
     ("plain optimizer", "QAdamOptimizer"),
     ("options in the spec", "pass them there"),
     ("other checkpoint", "beta1=0.5"),
+    ("precondition without warm-up", "warmup_steps >= 1"),
+    ("precondition across checkpoints", "precondition=true"),
 ])
 def test_misuse_is_explained(case, message):
     for r in run_world(_misuse, 2, case):

@@ -85,4 +85,20 @@ TEST(Registry, QAdamOptions) {
   EXPECT_THROW(reg.create("qadam:beta1=x", world), InvalidArgument);
 }
 
+TEST(Registry, QAdamPrecondition) {
+  auto& reg = AlgorithmRegistry::instance();
+  const WorldInfo world{0, 2, {0, 0}};
+  EXPECT_EQ(reg.create("onebit_adam:precondition=true,warmup_steps=4", world)->spec(),
+            "onebit_adam:beta1=0.9,beta2=0.999,eps=1e-08,precondition=true,warmup_steps=4");
+  EXPECT_EQ(reg.create("qadam:precondition=true,beta2=0.99,eps=1e-6,warmup_steps=4", world)->spec(),
+            "qadam:beta1=0.9,beta2=0.99,eps=1e-06,precondition=true,warmup_steps=4");
+  EXPECT_EQ(reg.create("qadam:precondition=false,warmup_steps=4", world)->spec(), "qadam:beta1=0.9,warmup_steps=4");
+  // beta2 and eps mean nothing without precondition; precondition needs a warm-up to divide by.
+  EXPECT_THROW(reg.create("qadam:beta2=0.99", world), InvalidArgument);
+  EXPECT_THROW(reg.create("onebit_adam:precondition=true,warmup_steps=0", world), InvalidArgument);
+  EXPECT_THROW(reg.create("onebit_adam:precondition=true,beta2=1", world), InvalidArgument);
+  EXPECT_THROW(reg.create("onebit_adam:precondition=true,eps=0", world), InvalidArgument);
+  EXPECT_THROW(reg.create("onebit_adam:precondition=maybe", world), InvalidArgument);
+}
+
 }  // namespace bagua
