@@ -2,8 +2,9 @@
 its relaxations on the same networks, then the generated part of
 docs/benchmarks.md (between the `make bench` markers) and its pictures.
 
-    python benchmarks/bench.py                 # full matrix, needs root, up to ~30 min
+    python benchmarks/bench.py                 # full matrix, needs root, about 35 min
     python benchmarks/bench.py --quick --docs /tmp/b.md   # plumbing check, ~1 min
+    python benchmarks/bench.py --render        # docs section again from out/bench's JSON
 
 Networks: loopback, uniform 1 Gbit/s, uniform 100 Mbit/s, heterogeneous
 1000/1000/100/20 Mbit/s; world size 4; the convnet, batch 8 per rank, 1 MiB
@@ -58,10 +59,19 @@ def algorithms() -> str:
     return ",".join(baselines + bagua_ravnest.algorithm_names() + PRECONDITIONED)
 
 
-def run_network(bandwidth, steps, args) -> tuple[dict, dict]:
+def _json_paths(bandwidth, args) -> tuple[str, str]:
     tag = "loopback" if bandwidth is None else bandwidth.replace(",", "-") + "mbit"
-    coll_json = os.path.join(args.out, f"collectives_{tag}.json")
-    train_json = os.path.join(args.out, f"train_{tag}.json")
+    return os.path.join(args.out, f"collectives_{tag}.json"), os.path.join(args.out, f"train_{tag}.json")
+
+
+def load_network(bandwidth, args) -> tuple[dict, dict]:
+    coll_json, train_json = _json_paths(bandwidth, args)
+    with open(coll_json) as f, open(train_json) as g:
+        return json.load(f), json.load(g)
+
+
+def run_network(bandwidth, steps, args) -> tuple[dict, dict]:
+    coll_json, train_json = _json_paths(bandwidth, args)
     net = [] if bandwidth is None else ["--bandwidth-mbit", bandwidth]
     collectives.main(["--world-size", str(args.world_size), "--sizes", args.sizes, "--iters", "10",
                       "--json", coll_json, *net])
@@ -69,8 +79,7 @@ def run_network(bandwidth, steps, args) -> tuple[dict, dict]:
                 "--algorithms", args.algorithms, "--steps", str(steps), "--warmup-steps", str(min(3, steps - 1)),
                 "--rounds", str(min(4, steps - 1)), "--target-loss", str(args.target_loss), "--quiet",
                 "--bucket-cap-mb", str(args.bucket_cap_mb), *ADAM, "--json", train_json, *net])
-    with open(coll_json) as f, open(train_json) as g:
-        return json.load(f), json.load(g)
+    return load_network(bandwidth, args)
 
 
 def section(results, img_dir: str, docs_dir: str) -> str:
@@ -104,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="out/bench")
     ap.add_argument("--docs", default="docs/benchmarks.md")
     ap.add_argument("--img", default=None, help="where the pictures go (default: docs/img beside --docs)")
+    ap.add_argument("--render", action="store_true",
+                    help="measure nothing: rebuild the docs section and pictures from the JSON in --out")
     args = ap.parse_args(argv)
     args.world_size = 2 if args.quick else 4
     args.model = "mlp" if args.quick else "convnet"
@@ -111,8 +122,8 @@ def main(argv=None) -> int:
     # compute at batch 16 (about 420 ms), which hides what the network costs.
     args.batch_size = 32 if args.quick else 8
     # 1 MiB buckets for every algorithm, torch DDP included: compressed
-    # all-reduces overlap backward better with small buckets; DDP's speed
-    # does not change (docs/benchmarks.md).
+    # all-reduces overlap backward better with small buckets, and DDP is no
+    # slower with them (docs/benchmarks.md).
     args.bucket_cap_mb = 1
     args.sizes = "1M" if args.quick else "16M"
     args.target_loss = 2.25 if args.quick else 1.0
@@ -122,7 +133,7 @@ def main(argv=None) -> int:
     docs_dir = os.path.dirname(os.path.abspath(args.docs))
     img_dir = args.img or os.path.join(docs_dir, "img")
     os.makedirs(img_dir, exist_ok=True)
-    results = [run_network(bw, steps, args) for bw, steps in matrix]
+    results = [load_network(bw, args) if args.render else run_network(bw, steps, args) for bw, steps in matrix]
     write_docs(args.docs, section(results, img_dir, docs_dir))
     print(f"updated {args.docs}")
     return 0

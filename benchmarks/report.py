@@ -19,8 +19,12 @@ def collectives_table(data: dict) -> str:
 
 def train_table(data: dict) -> str:
     shaped = any(r.get("network", "loopback") != "loopback" for r in data["rows"])
+    target = data.get("config", {}).get("target_loss")
     head = "| algorithm | samples/s | step ms (median) | timed steps | final loss | speed vs ddp |"
     rule = "|---|---:|---:|---:|---:|---:|"
+    if target is not None:
+        head += f" time to loss {target:g} (s) |"
+        rule += "---:|"
     if shaped:
         head += " network | MB sent per rank per step |"
         rule += "---|---:|"
@@ -28,7 +32,10 @@ def train_table(data: dict) -> str:
     for r in data["rows"]:
         speed = f"{r['speedup_vs_ddp']:.2f}x" if r.get("speedup_vs_ddp") else "-"
         line = (f"| {r['algorithm']} | {r['samples_per_s']:.1f} | {r['step_ms_median']:.2f} | "
-                f"{r.get('timed_steps', '-')} | {r['final_loss']:.4f} | {speed} |")
+                f"{r.get('timed_steps', '-')} | {r['final_loss']:.4g} | {speed} |")
+        if target is not None:
+            reached = r.get("time_to_target_s")
+            line += f" {reached:.2f} |" if reached is not None else " not reached |"
         if shaped:
             line += f" {r['network']} | {r['bytes_sent_per_step'] / 1e6:.2f} |"
         lines.append(line)

@@ -58,10 +58,13 @@ def test_train_json_and_plot(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
                     reason="Horovod is not installed (`make horovod` builds it, about 20 minutes)")
 def test_horovod_baseline_trains_the_same_model(tmp_path):
-    data = _run(["benchmarks/train.py", "--world-size", "2", "--algorithms", "ddp,horovod",
+    data = _run(["benchmarks/train.py", "--world-size", "2", "--algorithms", "ddp,horovod,gradient_allreduce",
                  "--steps", "6", "--warmup-steps", "2", "--rounds", "2"], tmp_path)
+    assert [r["algorithm"] for r in data["rows"]] == ["ddp", "horovod", "gradient_allreduce"]
     rows = {r["algorithm"]: r for r in data["rows"]}
     assert rows["horovod"]["spec"] == "horovod (gloo)" and rows["horovod"]["samples_per_s"] > 0
+    # Horovod trains in processes of its own (its background thread would slow the others).
+    assert rows["horovod"]["run"] == 1 and rows["ddp"]["run"] == rows["gradient_allreduce"]["run"] == 0
     # Horovod averages gradients like DDP: same seeds and data, same model.
     assert abs(rows["ddp"]["final_loss"] - rows["horovod"]["final_loss"]) < 1e-4
 
