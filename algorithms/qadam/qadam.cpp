@@ -29,24 +29,12 @@ namespace {
 // exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2) on its vectorized
 // CPU path, so that this variance, and the denominators derived from it,
 // equal the optimizer's bit for bit. fma is exact wherever it runs; the FMA
-// unit only makes it fast.
-void accumulate_square_portable(float* v, const float* g, std::size_t n, float decay, float fresh) {
-  for (std::size_t k = 0; k < n; ++k) v[k] = std::fma(fresh * g[k], g[k], v[k] * decay);
-}
-
-#if defined(__x86_64__)
-__attribute__((target("fma"))) void accumulate_square_fma(float* v, const float* g, std::size_t n, float decay,
-                                                          float fresh) {
-  for (std::size_t k = 0; k < n; ++k) v[k] = std::fma(fresh * g[k], g[k], v[k] * decay);
-}
+// unit (a clone picked at load time) only makes it fast.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("fma", "default")))
 #endif
-
 void accumulate_square(float* v, const float* g, std::size_t n, float decay, float fresh) {
-#if defined(__x86_64__)
-  static const bool has_fma = __builtin_cpu_supports("fma");
-  if (has_fma) return accumulate_square_fma(v, g, n, decay, fresh);
-#endif
-  accumulate_square_portable(v, g, n, decay, fresh);
+  for (std::size_t k = 0; k < n; ++k) v[k] = std::fma(fresh * g[k], g[k], v[k] * decay);
 }
 
 }  // namespace
