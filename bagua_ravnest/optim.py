@@ -46,9 +46,11 @@ class QAdamOptimizer(torch.optim.Optimizer):
         self.warmup_steps = int(warmup_steps)
         self.precondition = bool(precondition)
         # Per parameter, once the variance is frozen: sqrt(v), and +inf where
-        # v is 0 (dividing by it leaves those coordinates where they are).
+        # v is 0 (dividing by it leaves those coordinates where they are),
+        # with a buffer for each step's denominator (a fresh tensor per step
+        # costs page faults beside the backward pass of the next step).
         # Derived from the state, so not saved; reset by load_state_dict.
-        self._frozen_sqrt: dict[torch.Tensor, torch.Tensor] = {}
+        self._frozen_sqrt: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def algorithm_spec(self, name: str = "qadam") -> str:
         """The spec of `name` (qadam or onebit_adam) that matches these hyperparameters."""
@@ -112,7 +114,9 @@ class QAdamOptimizer(torch.optim.Optimizer):
                 # eps would throw it far away, so it stays put (its denominator is +inf).
                 frozen = self._frozen_sqrt.get(p)
                 if frozen is None:
-                    frozen = self._frozen_sqrt[p] = exp_avg_sq.sqrt().masked_fill_(exp_avg_sq == 0, math.inf)
-                denom = (frozen / correction).add_(group["eps"])
+                    root = exp_avg_sq.sqrt().masked_fill_(exp_avg_sq == 0, math.inf)
+                    frozen = self._frozen_sqrt[p] = (root, torch.empty_like(root))
+                root, denom = frozen
+                torch.div(root, correction, out=denom).add_(group["eps"])
                 p.addcdiv_(p.grad, denom, value=-step_size)
         return loss

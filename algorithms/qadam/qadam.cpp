@@ -13,17 +13,20 @@
 
 namespace bagua {
 
-void lerp_momentum(float* m, const float* g, std::size_t n, float weight) {
-  // torch's lerp: start + w (end - start) for w < 0.5, else end - (end - start)(1 - w).
+namespace {
+
+// torch's lerp: start + w (end - start) for w < 0.5, else
+// end - (end - start)(1 - w). `body` gets the formula for this weight, so
+// that every loop using it is one branch-free, vectorizable pass.
+template <class Body>
+void with_lerp(float weight, Body&& body) {
   if (weight < 0.5f) {
-    for (std::size_t i = 0; i < n; ++i) m[i] = m[i] + weight * (g[i] - m[i]);
+    body([weight](float m, float g) { return m + weight * (g - m); });
   } else {
     const float rest = 1.0f - weight;
-    for (std::size_t i = 0; i < n; ++i) m[i] = g[i] - (g[i] - m[i]) * rest;
+    body([rest](float m, float g) { return g - (g - m) * rest; });
   }
 }
-
-namespace {
 
 // v = fma((1 - beta2) g, g, beta2 v): the rounding of torch's
 // exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2) on its vectorized
@@ -38,6 +41,12 @@ void accumulate_square(float* v, const float* g, std::size_t n, float decay, flo
 }
 
 }  // namespace
+
+void lerp_momentum(float* m, const float* g, std::size_t n, float weight) {
+  with_lerp(weight, [&](auto lerp) {
+    for (std::size_t i = 0; i < n; ++i) m[i] = lerp(m[i], g[i]);
+  });
+}
 
 QAdam::QAdam(QAdamOptions options, int rank, int world_size)
     : options_(std::move(options)),
@@ -115,20 +124,29 @@ void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
     }
     return;
   }
-  lerp_momentum(m.data(), g, b.count, weight);
-  if (options_.precondition) divide_by_denominator(b.index, m.data(), b.count);
+  // Before and after the exchange, one pass each over the bucket: this
+  // runs beside the backward pass on the same cores, so every pass over
+  // memory is time taken from it.
+  if (options_.precondition) {
+    lerp_and_divide(b.index, m.data(), g, b.count, weight);
+  } else {
+    lerp_momentum(m.data(), g, b.count, weight);
+  }
   if (options_.error_feedback) {
     const ErrorFeedbackBuffers fb{&worker_residuals_.at(b.index), &server_residuals_.at(b.index)};
     compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag, &fb);
   } else {
     compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag);
   }
-  if (options_.precondition) multiply_by_denominator(b.index, m.data(), b.count);
-  std::memcpy(g, m.data(), b.count * sizeof(float));
+  if (options_.precondition) {
+    multiply_into(b.index, m.data(), g, b.count);
+  } else {
+    std::memcpy(g, m.data(), b.count * sizeof(float));
+  }
 }
 
-void QAdam::divide_by_denominator(std::size_t bucket, float* m, std::size_t n) {
-  const auto& v = variances_.at(bucket);
+void QAdam::lerp_and_divide(std::size_t bucket, float* m, const float* g, std::size_t n, float weight) {
+  const float* v = variances_.at(bucket).data();
   auto& d = denominators_.at(bucket);
   if (d.empty()) {
     // Adam's denominator at the switch, as the optimizer computes it:
@@ -140,13 +158,26 @@ void QAdam::divide_by_denominator(std::size_t bucket, float* m, std::size_t n) {
     for (std::size_t k = 0; k < n; ++k) d[k] = std::sqrt(v[k]) / correction + eps;
   }
   // Where v is 0 the optimizer never moves the coordinate; m / eps would
-  // only inflate its block's scale, so it is sent as 0.
-  for (std::size_t k = 0; k < n; ++k) m[k] = v[k] > 0.0f ? m[k] / d[k] : 0.0f;
+  // only inflate its block's scale, so it is sent as 0. The quotient is
+  // taken everywhere (d >= eps > 0) and then selected, which vectorizes;
+  // a division under the condition does not.
+  const float* dd = d.data();
+  with_lerp(weight, [&](auto lerp) {
+    for (std::size_t k = 0; k < n; ++k) {
+      const float momentum = lerp(m[k], g[k]);
+      const float q = momentum / dd[k];
+      m[k] = v[k] > 0.0f ? q : 0.0f;
+    }
+  });
 }
 
-void QAdam::multiply_by_denominator(std::size_t bucket, float* m, std::size_t n) const {
-  const auto& d = denominators_.at(bucket);
-  for (std::size_t k = 0; k < n; ++k) m[k] *= d[k];
+void QAdam::multiply_into(std::size_t bucket, float* m, float* g, std::size_t n) const {
+  const float* d = denominators_.at(bucket).data();
+  for (std::size_t k = 0; k < n; ++k) {
+    const float x = m[k] * d[k];
+    m[k] = x;
+    g[k] = x;
+  }
 }
 
 std::vector<std::pair<std::string, std::vector<float>*>> QAdam::state_vectors() {

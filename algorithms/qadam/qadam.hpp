@@ -69,10 +69,10 @@ class QAdam final : public Algorithm {
   Ring ring_;
   std::vector<int> everyone_;
   CodecPtr codec_;
-  // Precondition, in place: m <- m / d (0 where v is 0: the optimizer never
-  // moves those coordinates), and back: m <- m * d.
-  void divide_by_denominator(std::size_t bucket, float* m, std::size_t n);
-  void multiply_by_denominator(std::size_t bucket, float* m, std::size_t n) const;
+  // Precondition, one pass each: m <- lerp(m, g) / d (0 where v is 0: the
+  // optimizer never moves those coordinates), and back: m <- m * d, g <- m.
+  void lerp_and_divide(std::size_t bucket, float* m, const float* g, std::size_t n, float weight);
+  void multiply_into(std::size_t bucket, float* m, float* g, std::size_t n) const;
 
   std::vector<std::vector<float>> momenta_;  // per bucket
   // With precondition: the variance during warm-up, and the denominator

@@ -61,13 +61,40 @@ void BlockCodec::decode(const std::uint8_t* wire, std::size_t wire_size, std::si
   p = wire;
   for (std::size_t at = 0; at < count; at += block) {
     const std::size_t n = std::min(block, count - at);
-    const BlockHeader h = BlockHeader::read(p);
-    if (h.flags & BlockHeader::kNonFinite) {
-      std::fill(out + at, out + at + n, std::numeric_limits<float>::quiet_NaN());
-    } else {
-      decode_block(h, p + BlockHeader::kBytes, n, out + at, accumulate);
-    }
+    decode_checked_block(BlockHeader::read(p), p + BlockHeader::kBytes, n, out + at, accumulate);
     p += BlockHeader::kBytes + payload_bytes(n);
+  }
+}
+
+void BlockCodec::decode_checked_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,
+                                      bool accumulate) const {
+  if (h.flags & BlockHeader::kNonFinite) {
+    std::fill(out, out + n, std::numeric_limits<float>::quiet_NaN());
+  } else {
+    decode_block(h, payload, n, out, accumulate);
+  }
+}
+
+void BlockCodec::encode_with_feedback(const float* x, std::size_t count, float* residual, std::uint8_t* wire) const {
+  // Codec::encode_with_feedback's steps, one block at a time: a block (16
+  // KiB at the algorithms' 4096 values) stays in cache through all of them,
+  // so memory is read once instead of six times. This runs on the
+  // communication thread beside the backward pass; every pass it saves is
+  // compute time given back. The blocks are independent on the wire, so the
+  // bytes, and the residual's bits, are those of the whole-input steps.
+  const std::size_t block = block_for(count);
+  for (std::size_t at = 0; at < count; at += block) {
+    const std::size_t n = std::min(block, count - at);
+    float* r = residual + at;
+    for (std::size_t i = 0; i < n; ++i) r[i] += x[at + i];
+    BlockHeader h;
+    h.count = static_cast<std::uint32_t>(n);
+    encode_block(r, n, h, wire + BlockHeader::kBytes);
+    h.write(wire);
+    for (std::size_t i = 0; i < n; ++i) r[i] = -r[i];
+    decode_checked_block(h, wire + BlockHeader::kBytes, n, r, true);
+    for (std::size_t i = 0; i < n; ++i) r[i] = -r[i];
+    wire += BlockHeader::kBytes + payload_bytes(n);
   }
 }
 

@@ -19,6 +19,7 @@ class BlockCodec : public Codec {
   void decode(const std::uint8_t* wire, std::size_t wire_size, std::size_t count, float* out,
               bool accumulate) const final;
   bool lossless() const final { return false; }
+  void encode_with_feedback(const float* x, std::size_t count, float* residual, std::uint8_t* wire) const final;
 
  protected:
   virtual std::size_t payload_bytes(std::size_t n) const = 0;
@@ -40,6 +41,10 @@ class BlockCodec : public Codec {
   std::size_t payload_size(std::size_t n) const { return payload_bytes(n); }
 
  private:
+  // One checked block into `out`: NaN for a block flagged non-finite.
+  void decode_checked_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,
+                            bool accumulate) const;
+
   std::size_t block_elems_;
 };
 

@@ -38,6 +38,11 @@ class Codec {
                       bool accumulate = false) const = 0;
   // Whether decode(encode(x)) == x for every fp32 x.
   virtual bool lossless() const = 0;
+  // Error feedback's step (error_feedback.hpp): wire = C(x + residual) and
+  // residual = (x + residual) - D(wire), on host memory. This version does
+  // each step over the whole input; BlockCodec does all of them block by
+  // block, the same bits with the values read from memory once.
+  virtual void encode_with_feedback(const float* x, std::size_t n, float* residual, std::uint8_t* wire) const;
 
   // The first check of every decoder (CPU or CUDA): ProtocolError unless the
   // size is exact.

@@ -128,6 +128,45 @@ TEST(Sign1Bit, ErrorFeedbackTelescopes) {
   }
 }
 
+// BlockCodec's error feedback works block by block; it must give the bytes
+// and residual bits of the plain steps (add, encode, subtract what decodes),
+// written out here over the whole input. Residuals of several steps, blocks
+// that are constant, partial or non-finite, and signed zeros are covered.
+TEST(ErrorFeedback, BlockByBlockEqualsTheWholeInputSteps) {
+  for (const std::string name : {"minmax_uint8", "sign1bit"}) {
+    for (std::size_t block : {std::size_t{0}, std::size_t{64}, std::size_t{4096}}) {
+      for (std::size_t n : {std::size_t{1}, std::size_t{63}, std::size_t{64}, std::size_t{1000}, std::size_t{9001}}) {
+        const auto codec = make_codec(name, block);
+        std::vector<float> fused(n, 0.0f), plain(n, 0.0f);
+        std::vector<std::uint8_t> wire_fused(codec->wire_bytes(n)), wire_plain(codec->wire_bytes(n));
+        for (int step = 0; step < 4; ++step) {
+          auto x = random_values(n, 31 * n + step);
+          if (n > 100) {
+            std::fill(x.begin() + 64, x.begin() + 128, 0.25f);  // a constant block at block size 64
+            x[5] = -0.0f;
+            if (step == 2) x[n - 3] = std::numeric_limits<float>::infinity();  // its block turns non-finite
+          }
+          encode_with_feedback(*codec, x.data(), n, fused.data(), wire_fused.data());
+          for (std::size_t i = 0; i < n; ++i) plain[i] += x[i];
+          codec->encode(plain.data(), n, DType::F32, wire_plain.data());
+          const auto decoded = decode(*codec, wire_plain, n);
+          for (std::size_t i = 0; i < n; ++i) plain[i] = std::isnan(decoded[i]) ? decoded[i] : plain[i] - decoded[i];
+          ASSERT_EQ(wire_fused, wire_plain) << name << " block " << block << " n " << n << " step " << step;
+          // Equal values: every bit but a zero's sign (the codecs read -0 as
+          // +0) and a NaN's payload (a non-finite block's residual is NaN).
+          for (std::size_t i = 0; i < n; ++i) {
+            if (std::isnan(plain[i])) {
+              ASSERT_TRUE(std::isnan(fused[i])) << i;
+            } else {
+              ASSERT_EQ(fused[i], plain[i]) << name << " block " << block << " n " << n << " step " << step << " i " << i;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // The vectorized loops must write exactly the reference loops' bytes.
 TEST(Codecs, EveryCpuVariantWritesTheSameBytes) {
   const auto isas = kernels::available_isas();
