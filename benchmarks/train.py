@@ -208,11 +208,14 @@ class _Trainer:
         self.step_bytes: list[int] = []  # on the wire, per step
         # Steps left out of the speed and byte figures: the common warm-up,
         # and for qadam/onebit_adam also their exact-Adam warm-up (their
-        # steps before the switch run an uncompressed all-reduce), when the
-        # run has steps after it.
+        # steps before the switch run an uncompressed all-reduce) and the
+        # switch step, which sets up once what every compressed step reuses
+        # (the frozen denominators, the optimizer's sqrt(v), the exchange's
+        # buffers): it is their compressed regime's first step, as step 0 is
+        # every algorithm's. Only when the run has steps after it.
         self.skip = args.warmup_steps
-        if algorithm.split(":")[0] in ("qadam", "onebit_adam") and args.adam_warmup_steps < args.steps:
-            self.skip = max(self.skip, args.adam_warmup_steps)
+        if algorithm.split(":")[0] in ("qadam", "onebit_adam") and args.adam_warmup_steps + 1 < args.steps:
+            self.skip = max(self.skip, args.adam_warmup_steps + 1)
 
     def run(self, steps: int, progress=None) -> None:
         for _ in range(steps):
@@ -364,7 +367,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup-steps", type=int, default=5,
                     help="steps left out of the speed and byte figures (qadam and onebit_adam also leave out their "
-                         "exact-Adam warm-up, --adam-warmup-steps, when the run goes past it; rows say timed_steps)")
+                         "exact-Adam warm-up, --adam-warmup-steps, and the switch step after it, when the run goes "
+                         "past it; rows say timed_steps)")
     ap.add_argument("--batch-size", type=int, default=32, help="per rank")
     ap.add_argument("--lr", type=float, default=0.05, help="SGD (momentum 0.9) learning rate of every algorithm but qadam")
     ap.add_argument("--adam-lr", type=float, default=0.001, help="learning rate of qadam's and onebit_adam's QAdamOptimizer")

@@ -36,10 +36,14 @@ def test_collectives_json(tmp_path):
 
 
 def test_train_json_and_plot(tmp_path):
-    data = _run(["benchmarks/train.py", "--world-size", "2", "--algorithms", "ddp,gradient_allreduce",
-                 "--steps", "8", "--warmup-steps", "2", "--rounds", "2"], tmp_path)
+    data = _run(["benchmarks/train.py", "--world-size", "2", "--algorithms", "ddp,gradient_allreduce,onebit_adam",
+                 "--steps", "8", "--warmup-steps", "2", "--adam-warmup-steps", "3", "--rounds", "2"], tmp_path)
     rows = {r["algorithm"]: r for r in data["rows"]}
-    assert set(rows) == {"ddp", "gradient_allreduce"}
+    assert set(rows) == {"ddp", "gradient_allreduce", "onebit_adam"}
+    # Timed: after the common warm-up; for onebit_adam after its 3 exact-Adam
+    # steps and the switch step.
+    assert rows["ddp"]["timed_steps"] == rows["gradient_allreduce"]["timed_steps"] == 6
+    assert rows["onebit_adam"]["timed_steps"] == 4
     for r in rows.values():
         assert r["samples_per_s"] > 0 and r["step_ms_median"] > 0
         assert len(r["curve"]["loss"]) == 8
