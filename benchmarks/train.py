@@ -212,10 +212,10 @@ class _Trainer:
         # switch step, which sets up once what every compressed step reuses
         # (the frozen denominators, the optimizer's sqrt(v), the exchange's
         # buffers): it is their compressed regime's first step, as step 0 is
-        # every algorithm's. Only when the run has steps after it.
+        # every algorithm's. At least one compressed step stays timed.
         self.skip = args.warmup_steps
-        if algorithm.split(":")[0] in ("qadam", "onebit_adam") and args.adam_warmup_steps + 1 < args.steps:
-            self.skip = max(self.skip, args.adam_warmup_steps + 1)
+        if algorithm.split(":")[0] in ("qadam", "onebit_adam") and args.adam_warmup_steps < args.steps:
+            self.skip = max(self.skip, min(args.adam_warmup_steps + 1, args.steps - 1))
 
     def run(self, steps: int, progress=None) -> None:
         for _ in range(steps):

@@ -81,7 +81,7 @@ void BlockCodec::encode_with_feedback(const float* x, std::size_t count, float* 
   // so memory is read once instead of six times. This runs on the
   // communication thread beside the backward pass; every pass it saves is
   // compute time given back. The blocks are independent on the wire, so the
-  // bytes, and the residual's bits, are those of the whole-input steps.
+  // bytes, and the residual's values, are those of the whole-input steps.
   const std::size_t block = block_for(count);
   for (std::size_t at = 0; at < count; at += block) {
     const std::size_t n = std::min(block, count - at);

@@ -44,6 +44,11 @@ def test_train_json_and_plot(tmp_path):
     # steps and the switch step.
     assert rows["ddp"]["timed_steps"] == rows["gradient_allreduce"]["timed_steps"] == 6
     assert rows["onebit_adam"]["timed_steps"] == 4
+    # When the switch step is the run's only compressed step, it stays timed.
+    (tmp_path / "short").mkdir()
+    short = _run(["benchmarks/train.py", "--world-size", "2", "--algorithms", "onebit_adam", "--steps", "4",
+                  "--warmup-steps", "1", "--adam-warmup-steps", "3", "--rounds", "1"], tmp_path / "short")
+    assert short["rows"][0]["timed_steps"] == 1
     for r in rows.values():
         assert r["samples_per_s"] > 0 and r["step_ms_median"] > 0
         assert len(r["curve"]["loss"]) == 8

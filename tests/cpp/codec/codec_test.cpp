@@ -129,7 +129,7 @@ TEST(Sign1Bit, ErrorFeedbackTelescopes) {
 }
 
 // BlockCodec's error feedback works block by block; it must give the bytes
-// and residual bits of the plain steps (add, encode, subtract what decodes),
+// and residual values of the plain steps (add, encode, subtract what decodes),
 // written out here over the whole input. Residuals of several steps, blocks
 // that are constant, partial or non-finite, and signed zeros are covered.
 TEST(ErrorFeedback, BlockByBlockEqualsTheWholeInputSteps) {
