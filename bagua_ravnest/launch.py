@@ -18,6 +18,7 @@ import queue as queue_mod
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -57,6 +58,24 @@ def _enter_network_namespace(name: str, hostname: str | None) -> None:
         check(libc.sethostname(raw, len(raw)), f"sethostname({hostname!r})")
 
 
+@contextmanager
+def _inherited_environment(env: dict):
+    """`env` in os.environ while workers are started, restored afterwards.
+    A spawned worker is a new interpreter that inherits the environment it
+    is started with; variables read as a process starts (glibc's MALLOC_*
+    tunables, for one) take effect only if they are there by then."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _worker(fn, rank, world, backend, store_path, env, args, queue, netns=None, hostname=None):
     if netns:
         _enter_network_namespace(netns, hostname)
@@ -84,7 +103,8 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
               netns: list[str] | None = None, hostnames: list[str] | None = None, failure_grace: float = 60.0):
     """fn(rank, world, *args) on `world` processes; returns RankResults by rank.
 
-    Each worker gets RANK/WORLD_SIZE and `env` in its environment, and a
+    Each worker gets RANK/WORLD_SIZE and `env` in its environment (`env`
+    from its start, so that variables read as a process starts apply), and a
     default process group of `backend` before fn runs. HARNESS_SKIP_DESTROY=1
     in `env` skips destroy_process_group (for runs where a peer dies).
     `netns`: one network namespace per rank to run it in (the rendezvous
@@ -107,8 +127,9 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
                         daemon=True)
             for r in range(world)
         ]
-        for p in procs:
-            p.start()
+        with _inherited_environment(env or {}):
+            for p in procs:
+                p.start()
         results: dict[int, RankResult] = {}
         deadline = time.monotonic() + timeout
         while len(results) < world and time.monotonic() < deadline:

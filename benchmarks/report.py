@@ -44,7 +44,11 @@ def train_table(data: dict) -> str:
 
 def machine_line(data: dict) -> str:
     m = data["machine"]
-    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}"
+    line = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}"
+    # Training runs say how their ranks allocated (benchmarks/allocator.py);
+    # runs from before the option kept glibc's defaults.
+    malloc = data.get("config", {}).get("malloc", "system") if data.get("benchmark") == "train" else None
+    return line if malloc is None else f"{line}, malloc {malloc}"
 
 
 def main(argv=None) -> int:

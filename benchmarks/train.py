@@ -48,6 +48,8 @@ from torch.nn.parallel import DistributedDataParallel as TorchDDP  # noqa: E402
 
 import bagua_ravnest  # noqa: E402
 from bagua_ravnest.launch import run_world, values  # noqa: E402
+from allocator import CHOICES as MALLOC_CHOICES  # noqa: E402
+from allocator import malloc_env  # noqa: E402
 from machine import machine_info  # noqa: E402
 from netem.network import network, tx_bytes  # noqa: E402
 from workloads import SyntheticTask, build_model  # noqa: E402
@@ -332,7 +334,8 @@ def run(args) -> list[dict]:
     rows = []
     with network(args.bandwidth_mbit, args.world_size) as net:
         for i, run_algorithms in enumerate(runs):
-            run_rows = values(run_world(_worker, args.world_size, run_algorithms, args, net, env=net.env,
+            env = {**malloc_env(args.malloc), **net.env}
+            run_rows = values(run_world(_worker, args.world_size, run_algorithms, args, net, env=env,
                                         timeout=args.timeout, netns=net.netns, hostnames=net.hostnames))[0]
             base = next((r for r in run_rows if r["algorithm"] == "ddp"), None)
             for r in run_rows:
@@ -383,6 +386,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--bandwidth-mbit", help="emulated link rate(s) in Mbit/s: one, or one per rank (needs root)")
     ap.add_argument("--target-loss", type=float, default=None,
                     help="report the training time until the mean loss of the last 5 steps is below this")
+    ap.add_argument("--malloc", choices=MALLOC_CHOICES, default="tuned",
+                    help="the ranks' glibc malloc settings, alike for every algorithm: tuned keeps freed memory in "
+                         "the process (no page faults to get it back each step), system leaves glibc's defaults "
+                         "(benchmarks/allocator.py)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--json", dest="json_path")
     return ap

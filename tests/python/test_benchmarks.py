@@ -47,8 +47,11 @@ def test_train_json_and_plot(tmp_path):
     # When the switch step is the run's only compressed step, it stays timed.
     (tmp_path / "short").mkdir()
     short = _run(["benchmarks/train.py", "--world-size", "2", "--algorithms", "onebit_adam", "--steps", "4",
-                  "--warmup-steps", "1", "--adam-warmup-steps", "3", "--rounds", "1"], tmp_path / "short")
+                  "--warmup-steps", "1", "--adam-warmup-steps", "3", "--rounds", "1", "--malloc", "system"],
+                 tmp_path / "short")
     assert short["rows"][0]["timed_steps"] == 1
+    # The ranks' allocator setting is recorded (tuned unless asked otherwise).
+    assert data["config"]["malloc"] == "tuned" and short["config"]["malloc"] == "system"
     for r in rows.values():
         assert r["samples_per_s"] > 0 and r["step_ms_median"] > 0
         assert len(r["curve"]["loss"]) == 8
@@ -62,6 +65,7 @@ def test_train_json_and_plot(tmp_path):
     report = subprocess.run([sys.executable, "benchmarks/report.py", str(tmp_path / "out.json")], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert report.returncode == 0 and "| gradient_allreduce |" in report.stdout, report.stderr
+    assert "malloc tuned" in report.stdout
 
 
 @pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
