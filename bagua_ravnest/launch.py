@@ -58,15 +58,29 @@ def _enter_network_namespace(name: str, hostname: str | None) -> None:
         check(libc.sethostname(raw, len(raw)), f"sethostname({hostname!r})")
 
 
+def _checked_env(env: dict | None) -> dict[str, str]:
+    """The workers' extra environment: names and values must be strings
+    (an environment holds nothing else), checked here rather than in a
+    worker after it has started."""
+    env = dict(env or {})
+    bad = {k: v for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k}
+    if bad:
+        raise ValueError(f"run_world env: names must be non-empty strings without '=' and values strings; "
+                         f"got {bad!r} (pass str(value))")
+    return env
+
+
 @contextmanager
-def _inherited_environment(env: dict):
+def _inherited_environment(env: dict[str, str]):
     """`env` in os.environ while workers are started, restored afterwards.
     A spawned worker is a new interpreter that inherits the environment it
     is started with; variables read as a process starts (glibc's MALLOC_*
-    tunables, for one) take effect only if they are there by then."""
+    tunables, for one) take effect only if they are there by then. The
+    whole process sees them meanwhile: run_world is not for concurrent use
+    from several threads."""
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update({k: str(v) for k, v in env.items()})
     try:
+        os.environ.update(env)
         yield
     finally:
         for k, v in saved.items():
@@ -117,17 +131,18 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
         raise ValueError(f"netns names {len(netns)} namespaces for {world} ranks")
     if hostnames is not None and (netns is None or len(hostnames) != world):
         raise ValueError("hostnames needs netns and one name per rank")
+    env = _checked_env(env)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
         procs = [
-            ctx.Process(target=_worker, args=(fn, r, world, backend, store, env or {}, args, queue,
+            ctx.Process(target=_worker, args=(fn, r, world, backend, store, env, args, queue,
                                               netns[r] if netns else None, hostnames[r] if hostnames else None),
                         daemon=True)
             for r in range(world)
         ]
-        with _inherited_environment(env or {}):
+        with _inherited_environment(env):
             for p in procs:
                 p.start()
         results: dict[int, RankResult] = {}

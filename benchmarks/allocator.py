@@ -2,10 +2,11 @@
 
 A training step frees and allocates the same large tensors (activations,
 their gradients) every step. With glibc's defaults, blocks above the mmap
-threshold (128 KiB, adapting up to 32 MiB) are mapped and unmapped each
-time, and free memory at the top of the heap is trimmed back to the kernel:
-each step then takes page faults to get the same memory again, and the
-kernel zeroes every page. Where the step is compute-bound that is time
+threshold are mapped and unmapped each time (it starts at 128 KiB and
+rises to the size of a freed block, but never above 32 MiB), and free
+memory at the top of the heap is trimmed back to the kernel once it passes
+twice that threshold: steps then take page faults to get the same memory
+again, and the kernel zeroes every page. Where the step is compute-bound that is time
 taken from the step; on this project's 2-core machine, with 4 ranks, it
 cost onebit_adam about 10% (docs/benchmarks.md, session 6).
 
@@ -17,6 +18,9 @@ runs with the same setting; "system" leaves glibc's defaults.
 """
 
 from __future__ import annotations
+
+import ctypes
+import platform
 
 CHOICES = ("tuned", "system")
 
@@ -36,3 +40,24 @@ def malloc_env(choice: str) -> dict[str, str]:
     if choice not in CHOICES:
         raise ValueError(f"--malloc {choice!r}: choose from {', '.join(CHOICES)}")
     return dict(_TUNED) if choice == "tuned" else {}
+
+
+def large_blocks_are_mapped() -> bool | None:
+    """Whether this process's malloc maps a 64 MiB block of its own (glibc's
+    default) rather than carving it from the heap (the tuned setting): what
+    the setting did, not what was asked. None where the C library is not
+    glibc. Reads the IS_MMAPPED bit of glibc's chunk header, the word just
+    before the block."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    block = libc.malloc(64 << 20)
+    if not block:
+        raise MemoryError("malloc(64 MiB) failed")
+    try:
+        return bool(ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value & 2)
+    finally:
+        libc.free(block)

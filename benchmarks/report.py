@@ -48,7 +48,7 @@ def machine_line(data: dict) -> str:
     # Training runs say how their ranks allocated (benchmarks/allocator.py);
     # runs from before the option kept glibc's defaults.
     malloc = data.get("config", {}).get("malloc", "system") if data.get("benchmark") == "train" else None
-    return line if malloc is None else f"{line}, malloc {malloc}"
+    return line if malloc is None else f"{line}; training ranks' malloc: {malloc}"
 
 
 def main(argv=None) -> int:

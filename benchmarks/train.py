@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel as TorchDDP  # noqa: E402
 import bagua_ravnest  # noqa: E402
 from bagua_ravnest.launch import run_world, values  # noqa: E402
 from allocator import CHOICES as MALLOC_CHOICES  # noqa: E402
-from allocator import malloc_env  # noqa: E402
+from allocator import large_blocks_are_mapped, malloc_env  # noqa: E402
 from machine import machine_info  # noqa: E402
 from netem.network import network, tx_bytes  # noqa: E402
 from workloads import SyntheticTask, build_model  # noqa: E402
@@ -197,7 +197,7 @@ class _Trainer:
     that algorithms can take turns on the machine."""
 
     def __init__(self, rank, world, algorithm, args, gloo, net):
-        self.algorithm, self.args, self.ifname = algorithm, args, net.ifname
+        self.algorithm, self.args, self.ifname, self.gloo = algorithm, args, net.ifname, gloo
         model = build_model(args.model, seed=args.seed)
         make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9)  # noqa: E731
         self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps, rank, world,
@@ -220,9 +220,10 @@ class _Trainer:
             self.skip = max(self.skip, min(args.adam_warmup_steps + 1, args.steps - 1))
 
     def run(self, steps: int, progress=None) -> None:
+        # Bytes are counted from mark to mark, so none fall between steps.
+        mark = tx_bytes(self.ifname)
         for _ in range(steps):
             x, y = self.task.batch()
-            sent_before = tx_bytes(self.ifname)
             t0 = time.perf_counter()
             self.opt.zero_grad()
             loss = nn.functional.cross_entropy(self.model(x), y)
@@ -234,10 +235,20 @@ class _Trainer:
             t3 = time.perf_counter()
             self.step_times.append(t3 - t0)
             self.phases.append((t1 - t0, t2 - t1, t3 - t2))
-            self.step_bytes.append(tx_bytes(self.ifname) - sent_before)
+            sent = tx_bytes(self.ifname)
+            self.step_bytes.append(sent - mark)
+            mark = sent
             self.losses.append(float(loss.detach()))
             if progress is not None:
                 progress.update(1)
+        # A rank's step can end while its own last bytes still wait in its
+        # link's queue (it has all it needs from the others): they would
+        # count in the next algorithm's block. Once every rank has passed a
+        # barrier, each has received what it was sent, so the block's last
+        # step gets them (and the barrier's few bytes).
+        if steps:
+            dist.barrier(group=self.gloo)
+            self.step_bytes[-1] += tx_bytes(self.ifname) - mark
 
     def summary(self, world, gloo) -> dict:
         args = self.args
@@ -301,7 +312,9 @@ def _worker(rank, world, algorithms, args, net):
             trainer.run(block, progress)
     if progress is not None:
         progress.close()
-    return [t.summary(world, gloo) for t in trainers]
+    # What the allocator setting did in this rank (--malloc asks; glibc may refuse).
+    mapped = large_blocks_are_mapped()
+    return [dict(t.summary(world, gloo), large_blocks_mapped=mapped) for t in trainers]
 
 
 def run(args) -> list[dict]:

@@ -52,6 +52,9 @@ def test_train_json_and_plot(tmp_path):
     assert short["rows"][0]["timed_steps"] == 1
     # The ranks' allocator setting is recorded (tuned unless asked otherwise).
     assert data["config"]["malloc"] == "tuned" and short["config"]["malloc"] == "system"
+    # ... and took effect: tuned ranks carve large blocks from the heap, glibc's defaults map them.
+    assert all(r["large_blocks_mapped"] is False for r in data["rows"])
+    assert short["rows"][0]["large_blocks_mapped"] is True
     for r in rows.values():
         assert r["samples_per_s"] > 0 and r["step_ms_median"] > 0
         assert len(r["curve"]["loss"]) == 8
@@ -65,7 +68,7 @@ def test_train_json_and_plot(tmp_path):
     report = subprocess.run([sys.executable, "benchmarks/report.py", str(tmp_path / "out.json")], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert report.returncode == 0 and "| gradient_allreduce |" in report.stdout, report.stderr
-    assert "malloc tuned" in report.stdout
+    assert "training ranks' malloc: tuned" in report.stdout
 
 
 @pytest.mark.skipif(importlib.util.find_spec("horovod") is None,

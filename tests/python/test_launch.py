@@ -1,37 +1,39 @@
 """bagua_ravnest.launch.run_world: what its workers start with."""
 
-import ctypes
 import os
+import platform
+import sys
+
+import pytest
 
 from bagua_ravnest.launch import run_world, values
 
-_BIG = 64 << 20  # above glibc's default mmap threshold (128 KiB, 32 MiB at most when it adapts)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "benchmarks"))
+from allocator import large_blocks_are_mapped  # noqa: E402
+
+_THRESHOLD = str(1 << 30)
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
+def _allocator_view(rank, world):
+    return large_blocks_are_mapped(), os.environ.get("MALLOC_MMAP_THRESHOLD_")
 
 
-def _big_allocation_is_mmapped(rank, world):
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    libc.malloc.restype = ctypes.c_void_p
-    before = libc.mallinfo2().hblkhd
-    p = libc.malloc(_BIG)
-    mmapped = libc.mallinfo2().hblkhd - before >= _BIG
-    libc.free(ctypes.c_void_p(p))
-    return mmapped, os.environ.get("MALLOC_MMAP_THRESHOLD_")
-
-
-def test_env_is_there_when_the_worker_starts():
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reads glibc's malloc tunables")
+def test_env_is_there_when_the_worker_starts(monkeypatch):
     # glibc reads MALLOC_MMAP_THRESHOLD_ once, as the process starts: a value
-    # set after that would leave a 64 MiB allocation mmapped.
-    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
-    plain = values(run_world(_big_allocation_is_mmapped, 2, backend="gloo"))
+    # set after that would leave a 64 MiB block mapped on its own.
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    plain = values(run_world(_allocator_view, 2, backend="gloo"))
     assert plain == [(True, None)] * 2
-    tuned = values(run_world(_big_allocation_is_mmapped, 2, backend="gloo",
-                             env={"MALLOC_MMAP_THRESHOLD_": str(1 << 30)}))
-    assert tuned == [(False, str(1 << 30))] * 2
+    tuned = values(run_world(_allocator_view, 2, backend="gloo", env={"MALLOC_MMAP_THRESHOLD_": _THRESHOLD}))
+    assert tuned == [(False, _THRESHOLD)] * 2
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ  # the parent's environment is restored
+
+
+@pytest.mark.parametrize("env", [{"X": 1}, {"X": None}, {"A=B": "1"}, {"": "1"}])
+def test_env_that_no_environment_can_hold_is_refused_before_starting(env):
+    with pytest.raises(ValueError, match=r"str\(value\)"):
+        run_world(_allocator_view, 2, backend="gloo", env=env)
+    assert "X" not in os.environ
