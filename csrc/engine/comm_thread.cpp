@@ -44,6 +44,11 @@ void CommThread::run(std::shared_ptr<Shared> shared) {
     shared->jobs.pop_front();
     lock.unlock();
     job.run();
+    // The job dies here, before the lock is taken again: what it captured
+    // may take other locks as it goes (a tensor's last reference takes
+    // Python's GIL), and the thread holding that one may be waiting in
+    // submit() for this lock. Destroyed under it, the two deadlock.
+    job = Job{};
     lock.lock();
   }
   shared->exited = true;

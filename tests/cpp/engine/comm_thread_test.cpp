@@ -4,7 +4,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <future>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 namespace bagua {
@@ -39,6 +44,39 @@ TEST(CommThread, ShutdownReportsEveryQueuedJobAsDropped) {
   EXPECT_EQ(first_ran.load(), 1);  // the running job finishes
   EXPECT_EQ(ran.load(), 0);
   EXPECT_EQ(dropped.load(), 3);
+}
+
+// A job's captures may take another lock when they die (the last reference
+// to a tensor takes Python's GIL), while the thread holding that lock
+// submits the next job. The comm thread must not hold its queue's lock as
+// the job dies, or neither thread moves (seen as a hung benchmark).
+TEST(CommThread, AJobDiesOutsideTheQueueLock) {
+  std::mutex gil;  // stands for Python's GIL
+  struct TakesGilWhenDying {
+    std::mutex* gil;
+    ~TakesGilWhenDying() { std::lock_guard hold(*gil); }
+  };
+  CommThread thread;
+  std::promise<void> ran, second;
+  auto result = std::async(std::launch::async, [&] {
+    std::unique_lock hold(gil);
+    // The job holds the only reference: it dies with the job, on the comm thread.
+    std::shared_ptr<TakesGilWhenDying> capture(new TakesGilWhenDying{&gil});  // no temporary to die here
+    thread.submit([capture = std::move(capture), &ran] { ran.set_value(); });
+    ran.get_future().wait();
+    // Give the comm thread time to reach the job's destruction, which
+    // waits for `gil`; this submit must still get the queue's lock.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    thread.submit([&second] { second.set_value(); });
+    hold.unlock();
+    return second.get_future().wait_for(std::chrono::seconds(10));
+  });
+  if (result.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    // Deadlocked threads cannot be joined: report and stop here.
+    std::fprintf(stderr, "CommThread.AJobDiesOutsideTheQueueLock: deadlock\n");
+    std::_Exit(1);
+  }
+  EXPECT_EQ(result.get(), std::future_status::ready);
 }
 
 }  // namespace bagua
