@@ -90,10 +90,10 @@ def _inherited_environment(env: dict[str, str]):
                 os.environ[k] = v
 
 
-def _worker(fn, rank, world, backend, store_path, env, args, queue, netns=None, hostname=None):
+def _worker(fn, rank, world, backend, store_path, args, queue, netns=None, hostname=None):
+    # run_world's env is already here: the worker inherited it at start.
     if netns:
         _enter_network_namespace(netns, hostname)
-    os.environ.update(env)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world)})
     try:
         import torch
@@ -137,7 +137,7 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
         procs = [
-            ctx.Process(target=_worker, args=(fn, r, world, backend, store, env, args, queue,
+            ctx.Process(target=_worker, args=(fn, r, world, backend, store, args, queue,
                                               netns[r] if netns else None, hostnames[r] if hostnames else None),
                         daemon=True)
             for r in range(world)
