@@ -42,6 +42,8 @@ class ProcessGroupBagua final : public c10d::Backend {
   // CPU backend) whose waits use `timeout`: what a DDP engine talks through.
   CommunicatorPtr communicator(std::chrono::milliseconds timeout) const;
   std::vector<int> shared_memory_peers() const { return shm_ ? shm_->peers() : std::vector<int>{}; }
+  // Tags the shared-memory transport tracks (ShmTransport::tracked_tags).
+  std::size_t shared_memory_tracked_tags() const { return shm_ ? shm_->tracked_tags() : 0; }
 
   c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& tensors,
                                            const c10d::AllreduceOptions& opts = c10d::AllreduceOptions()) override;

@@ -108,6 +108,8 @@ PYBIND11_MODULE(_C, m) {
           py::arg("timeout_s"),
           "A communicator over this group's transports whose waits use timeout_s (for a DDP engine).")
       .def_property_readonly("shared_memory_peers", &ProcessGroupBagua::shared_memory_peers)
+      .def_property_readonly("shared_memory_tracked_tags", &ProcessGroupBagua::shared_memory_tracked_tags,
+                             "Tags with receives or messages in flight on shared memory (0 when idle).")
       .def("compressed_allreduce", &ProcessGroupBagua::compressed_allreduce, py::arg("tensor"), py::arg("codec"),
            "Average of a float32 CPU tensor through a compressed all-reduce with `codec`; returns a Work.")
       .def_property_readonly("ring_allreduce", [](const ProcessGroupBagua& pg) { return pg.options().ring_allreduce; });

@@ -2,11 +2,17 @@
 
 #include "codec/element_math.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
+
+#include "core/error.hpp"
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -85,12 +91,38 @@ bool cpu_has_f16c() {
 }  // namespace
 #endif
 
-Isa best_isa() {
+namespace {
+
+bool cpu_runs_avx2() {
 #ifdef BAGUA_HAVE_AVX2
   static const bool avx2 = __builtin_cpu_supports("avx2") && cpu_has_f16c();
-  if (avx2) return Isa::Avx2;
+  return avx2;
+#else
+  return false;
 #endif
-  return Isa::Baseline;
+}
+
+// BAGUA_CODEC_ISA=scalar|baseline|avx2 forces a variant (every variant
+// writes the same bytes; the switch is for running a whole suite or
+// benchmark on each); unset or empty, the fastest this CPU runs.
+Isa choose_isa() {
+  const Isa detected = cpu_runs_avx2() ? Isa::Avx2 : Isa::Baseline;
+  const char* asked = std::getenv("BAGUA_CODEC_ISA");
+  if (!asked || !*asked) return detected;
+  for (Isa isa : available_isas()) {
+    if (std::strcmp(asked, isa_name(isa)) == 0) return isa;
+  }
+  std::string valid;
+  for (Isa isa : available_isas()) valid += std::string(valid.empty() ? "" : ", ") + isa_name(isa);
+  throw InvalidArgument(fmt::format("BAGUA_CODEC_ISA={}: not a codec variant this build runs on this CPU (valid: {})",
+                                    asked, valid));
+}
+
+}  // namespace
+
+Isa best_isa() {
+  static const Isa chosen = choose_isa();
+  return chosen;
 }
 
 std::vector<Isa> available_isas() {
@@ -99,7 +131,7 @@ std::vector<Isa> available_isas() {
   out.push_back(Isa::Scalar);
 #endif
   out.push_back(Isa::Baseline);
-  if (best_isa() == Isa::Avx2) out.push_back(Isa::Avx2);
+  if (cpu_runs_avx2()) out.push_back(Isa::Avx2);
   return out;
 }
 

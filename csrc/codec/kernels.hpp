@@ -15,7 +15,9 @@ namespace bagua::kernels {
 
 enum class Isa { Scalar, Baseline, Avx2 };
 
-// The fastest variant this CPU runs, and all of them (for tests).
+// The variant codecs use by default: the fastest this CPU runs, or the one
+// named by BAGUA_CODEC_ISA (scalar, baseline, avx2; an invalid name is an
+// InvalidArgument listing the valid ones). And all of them (for tests).
 Isa best_isa();
 std::vector<Isa> available_isas();
 const char* isa_name(Isa isa);

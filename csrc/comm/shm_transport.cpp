@@ -74,6 +74,19 @@ struct ShmTransport::Link {
     if (pidfd >= 0) ::close(pidfd);
   }
 
+  // The oldest receive posted for `tag`, or null; with mu held. A tag's
+  // queue is erased once empty, here and in `early`: every bucket operation
+  // uses a fresh tag, so queues left behind would grow by one per tag
+  // (hundreds of bytes each, every step) until the tag space wraps.
+  std::shared_ptr<ShmOp> take_posted(Tag tag) {
+    auto it = posted.find(tag);
+    if (it == posted.end() || it->second.empty()) return nullptr;
+    auto op = std::move(it->second.front());
+    it->second.pop_front();
+    if (it->second.empty()) posted.erase(it);
+    return op;
+  }
+
   // Called by a blocked channel wait after each sleep.
   void check() {
     {
@@ -110,9 +123,13 @@ struct ShmOp final : Request {
     if (!link->cv.wait_for(lock, timeout, [&] { return state == State::Done; })) {
       if (state == State::Queued) {
         // Not started: withdraw it, so the caller may reuse its buffer.
-        auto& queue = send ? link->sends : link->posted[tag];
-        queue.erase(std::remove_if(queue.begin(), queue.end(), [&](const auto& o) { return o.get() == this; }),
-                    queue.end());
+        const auto mine = [&](const auto& o) { return o.get() == this; };
+        if (send) {
+          std::erase_if(link->sends, mine);
+        } else if (auto it = link->posted.find(tag); it != link->posted.end()) {
+          std::erase_if(it->second, mine);
+          if (it->second.empty()) link->posted.erase(it);
+        }
         state = State::Done;
         error = std::make_exception_ptr(
             TimeoutError(fmt::format("{} timed out after {} ms", describe(), timeout.count())));
@@ -197,12 +214,8 @@ void ShmTransport::Link::receive_loop() {
       }
       {
         std::lock_guard lock(mu);
-        auto it = posted.find(h.tag);
-        if (it != posted.end() && !it->second.empty()) {
-          op = it->second.front();
-          it->second.pop_front();
-          op->state = ShmOp::State::Active;
-        }
+        op = take_posted(h.tag);
+        if (op) op->state = ShmOp::State::Active;
       }
       const auto deadline = Clock::now() + timeout;
       if (op && op->bytes == h.bytes) {
@@ -215,13 +228,7 @@ void ShmTransport::Link::receive_loop() {
         std::lock_guard lock(mu);
         // A receive posted while the payload was being read is this
         // message's: it must not wait for the next one.
-        if (!op) {
-          auto it = posted.find(h.tag);
-          if (it != posted.end() && !it->second.empty()) {
-            op = it->second.front();
-            it->second.pop_front();
-          }
-        }
+        if (!op) op = take_posted(h.tag);
         if (!op) {
           early[h.tag].push_back(std::move(message));
         } else if (op->bytes != h.bytes) {
@@ -357,9 +364,10 @@ RequestPtr ShmTransport::irecv(void* data, std::size_t bytes, int peer, Tag tag)
   op->tag = tag;
   std::lock_guard lock(l.mu);
   auto early = l.early.find(tag);
-  if (early != l.early.end() && !early->second.empty()) {
+  if (early != l.early.end()) {
     std::vector<std::uint8_t> message = std::move(early->second.front());
     early->second.pop_front();
+    if (early->second.empty()) l.early.erase(early);  // see Link::take_posted
     if (message.size() != bytes) {
       l.finish(*op, std::make_exception_ptr(
                         ProtocolError(fmt::format("expected {} bytes, rank {} sent {}", bytes, peer, message.size()))));
@@ -373,6 +381,15 @@ RequestPtr ShmTransport::irecv(void* data, std::size_t bytes, int peer, Tag tag)
     l.posted[tag].push_back(op);
   }
   return op;
+}
+
+std::size_t ShmTransport::tracked_tags() const {
+  std::size_t out = 0;
+  for (const auto& [peer, l] : links_) {
+    std::lock_guard lock(l->mu);
+    out += l->posted.size() + l->early.size();
+  }
+  return out;
 }
 
 }  // namespace bagua

@@ -42,6 +42,10 @@ class ShmTransport {
   RequestPtr isend(const void* data, std::size_t bytes, int peer, Tag tag);
   RequestPtr irecv(void* data, std::size_t bytes, int peer, Tag tag);
 
+  // Tags with receives waiting or messages not yet received, over all
+  // peers: bounded by what is in flight, never by how many tags were used.
+  std::size_t tracked_tags() const;
+
   static std::string channel_name(const std::string& session, int src, int dst);
 
   struct Link;  // one peer: both channels, queues, threads (shm_transport.cpp)
