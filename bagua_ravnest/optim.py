@@ -17,6 +17,22 @@ tiny frozen variance no longer receives a step of lr * (its block's momentum
 scale) / sqrt(v). The update is the same in expectation; see docs/qadam.md
 for what it changes in practice.
 
+Two rules keep the steps after the switch the size of Adam's, however short
+the warm-up (docs/qadam.md, "Short warm-ups"):
+
+- the frozen variance keeps the bias correction of the step it was frozen
+  at: v_hat = v_T / (1 - beta2^T) for T = warmup_steps. (Correcting v_T with
+  the current step t instead shrinks v_hat as t grows: after a 4-step
+  warm-up every step at t = 100 would be 4.9 times too large.)
+- ``update_bound`` (default 1.0): no coordinate moves by more than
+  update_bound * lr in one step. The denominator is max(sqrt(v_hat) + eps,
+  |m_hat| / update_bound). Exact Adam's update m_hat / sqrt(v_hat) is at most
+  about 1 for a gradient that is steady, so this changes nothing while the
+  frozen variance is still a fair estimate; when the gradients outgrow it
+  (a frozen variance from too few steps), the update is clipped to that of
+  Adam on a steady gradient instead of growing without bound. None turns it
+  off.
+
     opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=1e-3, warmup_steps=100)
     model = bagua_ravnest.DistributedDataParallel(model, algorithm="qadam", optimizer=opt)
 """
@@ -30,7 +46,7 @@ import torch
 
 class QAdamOptimizer(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, warmup_steps: int = 100,
-                 precondition: bool = False):
+                 precondition: bool = False, update_bound: float | None = 1.0):
         if not lr > 0:
             raise ValueError(f"QAdamOptimizer: lr must be positive, got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -39,18 +55,24 @@ class QAdamOptimizer(torch.optim.Optimizer):
             raise ValueError(f"QAdamOptimizer: eps must be positive, got {eps}")
         if int(warmup_steps) != warmup_steps or warmup_steps < 0:
             raise ValueError(f"QAdamOptimizer: warmup_steps must be a non-negative integer, got {warmup_steps}")
-        if precondition and warmup_steps < 1:
-            raise ValueError("QAdamOptimizer: precondition=True divides by the variance of the warm-up; "
-                             "use warmup_steps >= 1")
+        if update_bound is not None and not update_bound > 0:
+            raise ValueError(f"QAdamOptimizer: update_bound must be positive or None, got {update_bound}")
+        if warmup_steps < 1:
+            # Without a warm-up there is no variance to freeze: no coordinate would ever move.
+            what = "precondition=True divides by" if precondition else "the steps after it use"
+            raise ValueError(f"QAdamOptimizer: {what} the variance learned during the warm-up; "
+                             f"use warmup_steps >= 1")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
         self.warmup_steps = int(warmup_steps)
         self.precondition = bool(precondition)
-        # Per parameter, once the variance is frozen: sqrt(v), and +inf where
-        # v is 0 (dividing by it leaves those coordinates where they are),
-        # with a buffer for each step's denominator (a fresh tensor per step
-        # costs page faults beside the backward pass of the next step).
-        # Derived from the state, so not saved; reset by load_state_dict.
-        self._frozen_sqrt: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.update_bound = None if update_bound is None else float(update_bound)
+        # Per parameter, once the variance is frozen: sqrt(v_hat) + eps, and
+        # +inf where v is 0 (dividing by it leaves those coordinates where
+        # they are), with a buffer for each step's denominator (a fresh
+        # tensor per step costs page faults beside the backward pass of the
+        # next step). Derived from the state, so not saved; reset by
+        # load_state_dict.
+        self._frozen_denom: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def algorithm_spec(self, name: str = "qadam") -> str:
         """The spec of `name` (qadam or onebit_adam) that matches these hyperparameters."""
@@ -78,7 +100,7 @@ class QAdamOptimizer(torch.optim.Optimizer):
             raise ValueError(f"QAdamOptimizer: the checkpoint used warmup_steps={saved}, this optimizer "
                              f"{self.warmup_steps}; construct it with the same value")
         super().load_state_dict(state_dict)
-        self._frozen_sqrt.clear()
+        self._frozen_denom.clear()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -108,15 +130,23 @@ class QAdamOptimizer(torch.optim.Optimizer):
                     denom = (exp_avg_sq.sqrt() / correction).add_(group["eps"])
                     p.addcdiv_(exp_avg, denom, value=-step_size)
                     continue
-                # .grad holds the momentum the algorithm averaged; the variance stays frozen.
+                # .grad holds the momentum the algorithm averaged; the variance stays frozen,
+                # with the bias correction of the step it was frozen at (T = warmup_steps).
                 # Where it is 0 the parameter never had a gradient during warm-up: exact Adam
                 # would not move it (its momentum is 0), and dividing compression noise by
                 # eps would throw it far away, so it stays put (its denominator is +inf).
-                frozen = self._frozen_sqrt.get(p)
+                frozen = self._frozen_denom.get(p)
                 if frozen is None:
-                    root = exp_avg_sq.sqrt().masked_fill_(exp_avg_sq == 0, math.inf)
-                    frozen = self._frozen_sqrt[p] = (root, torch.empty_like(root))
-                root, denom = frozen
-                torch.div(root, correction, out=denom).add_(group["eps"])
+                    frozen_correction = math.sqrt(1 - beta2**self.warmup_steps)
+                    fixed = (exp_avg_sq.sqrt() / frozen_correction).add_(group["eps"])
+                    fixed.masked_fill_(exp_avg_sq == 0, math.inf)
+                    frozen = self._frozen_denom[p] = (fixed, torch.empty_like(fixed))
+                fixed, denom = frozen
+                if self.update_bound is None:
+                    p.addcdiv_(p.grad, fixed, value=-step_size)
+                    continue
+                # max(sqrt(v_hat) + eps, |m_hat| / bound): |update| <= bound * lr.
+                torch.abs(p.grad, out=denom).mul_(1 / ((1 - beta1**t) * self.update_bound))
+                torch.maximum(denom, fixed, out=denom)
                 p.addcdiv_(p.grad, denom, value=-step_size)
         return loss

@@ -107,6 +107,11 @@ class CharTask:
         self.batch_size, self.context = batch_size, context
         self.generator = torch.Generator().manual_seed(seed * 7919 + rank)
 
+    loss = staticmethod(lm_loss)
+
+    def held_out(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return held_out_windows(context=self.context)
+
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(0, len(self.text) - self.context - 1, (self.batch_size,), generator=self.generator)
         window = torch.stack([self.text[s : s + self.context + 1] for s in starts.tolist()])
@@ -121,12 +126,3 @@ def held_out_windows(count: int = 64, context: int = 64) -> tuple[torch.Tensor, 
     return window[:, :-1], window[:, 1:]
 
 
-@torch.no_grad()
-def held_out_loss(model: nn.Module, windows) -> float:
-    was_training = model.training
-    model.eval()
-    try:
-        x, y = windows
-        return float(lm_loss(model(x), y))
-    finally:
-        model.train(was_training)

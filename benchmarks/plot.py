@@ -35,6 +35,25 @@ def plot_loss_vs_time(rows: list[dict], path: str, title: str = "") -> str:
     return path
 
 
+def plot_heldout_vs_time(rows: list[dict], path: str, title: str = "", dashed=frozenset()) -> str:
+    """Held-out loss against each algorithm's training time; the algorithms
+    named in `dashed` are drawn dashed (the demo's Adam family)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for r in rows:
+        curve = r["heldout_curve"]
+        ax.plot(curve["seconds"], curve["loss"], label=r["algorithm"], linewidth=1.4, marker=".",
+                linestyle="--" if r["algorithm"] in dashed else "-")
+    ax.set_xlabel("training time (s, slowest rank)")
+    ax.set_ylabel("held-out loss (mean over ranks)")
+    ax.set_title(title or f"{rows[0]['model']}, {rows[0]['world_size']} ranks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_speedup(rows: list[dict], path: str, title: str = "") -> str:
     named = [r for r in rows if r.get("speedup_vs_ddp") is not None]
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(named) + 1.5))

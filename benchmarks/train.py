@@ -4,7 +4,9 @@ loss per algorithm.
 
     python benchmarks/train.py --world-size 4 --algorithms ddp,gradient_allreduce --steps 50 --json out/train.json
 
-Names in --algorithms: the baselines `ddp` (torch DDP on Gloo), `ddp_fp16`
+Names in --algorithms: the baselines `ddp` (torch DDP on Gloo), `ddp_adam`
+(torch DDP with torch.optim.Adam at --adam-lr: exact Adam, what qadam and
+onebit_adam approximate), `ddp_fp16`
 (with torch's fp16_compress_hook), `ddp_powersgd` (torch's PowerSGD hook,
 rank 2, full-precision warm-up), `ddp_localsgd` (torch's post-local-SGD hook
 with PeriodicModelAverager, period 4), `horovod`, or any bagua_ravnest
@@ -27,7 +29,14 @@ rank's. Per algorithm: samples_per_s (all ranks' samples over the summed
 step times, warm-up steps excluded), step_ms_median, final_loss (mean over
 ranks of the loss averaged over the last five steps), time_to_target_s (the
 algorithm's own training time until that five-step mean first falls below
---target-loss), and the loss curve against that training time.
+--target-loss), and the loss curve against that training time; and the
+held-out loss (every --eval-every steps and at the end, on data no rank
+trains on, outside the timed steps): heldout_loss at the last step (equal
+samples for every algorithm), time_to_target_heldout_s (training time until
+it first falls below --target-heldout-loss) and heldout_curve.
+
+--model charlm is the real-data task: a character-level transformer on the
+Python standard library's source text (benchmarks/charlm.py).
 """
 
 from __future__ import annotations
@@ -52,9 +61,9 @@ from allocator import CHOICES as MALLOC_CHOICES  # noqa: E402
 from allocator import large_blocks_are_mapped, malloc_env  # noqa: E402
 from machine import machine_info  # noqa: E402
 from netem.network import network, tx_bytes  # noqa: E402
-from workloads import SyntheticTask, build_model  # noqa: E402
+from workloads import MODELS, build_model, make_task  # noqa: E402
 
-BASELINES = ("ddp", "ddp_fp16", "ddp_powersgd", "ddp_localsgd", "horovod")
+BASELINES = ("ddp", "ddp_adam", "ddp_fp16", "ddp_powersgd", "ddp_localsgd", "horovod")
 LOCALSGD_PERIOD = 4
 SMOOTHING = 5  # steps in the final loss and in the loss that decides time to target
 
@@ -127,6 +136,15 @@ def _init_horovod(rank: int, world: int, gloo, net):
     return hvd
 
 
+ADAM_ALGORITHMS = ("qadam", "onebit_adam")
+
+
+def uses_adam(algorithm: str) -> bool:
+    """Whether `algorithm` trains with Adam (ddp_adam, and the algorithms that
+    run bagua_ravnest.QAdamOptimizer) rather than SGD."""
+    return algorithm == "ddp_adam" or algorithm.split(":")[0] in ADAM_ALGORITHMS
+
+
 def _adam_precondition(algorithm: str) -> bool:
     """qadam's and onebit_adam's hyperparameters live in their optimizer
     (--adam-lr, --adam-warmup-steps); the one option their name may carry is
@@ -160,6 +178,10 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
         if algorithm == "ddp_powersgd":
             cap = {"bucket_cap_mb": 1024}
         model = TorchDDP(model, process_group=gloo, **cap)
+        if algorithm == "ddp_adam":
+            # Exact Adam, the yardstick of qadam and onebit_adam: their
+            # learning rate and torch's default betas and eps, as theirs.
+            return model, torch.optim.Adam(model.parameters(), lr=adam_lr), after_step
         if algorithm == "ddp_fp16":
             model.register_comm_hook(gloo, default_hooks.fp16_compress_hook)
         elif algorithm == "ddp_powersgd":
@@ -182,7 +204,7 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
         return model, optimizer_factory(model), after_step
     name = algorithm.split(":", 1)[0]
     cap = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
-    if name in ("qadam", "onebit_adam"):
+    if name in ADAM_ALGORITHMS:
         # An optimizer as much as an exchange: Adam, exact for the warm-up
         # steps, then with compressed momenta.
         opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=adam_lr, warmup_steps=adam_warmup,
@@ -203,7 +225,10 @@ class _Trainer:
         self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps, rank, world,
                                                       net, args.adam_lr, args.adam_warmup_steps,
                                                       args.bucket_cap_mb)
-        self.task = SyntheticTask(args.model, rank, args.batch_size, seed=args.seed)
+        self.task = make_task(args.model, rank, args.batch_size, seed=args.seed)
+        self.held_out_set = self.task.held_out()
+        # (step, training seconds so far, held-out loss), every --eval-every steps and at the end.
+        self.held_out: list[tuple[int, float, float]] = []
         self.step_times: list[float] = []
         self.phases: list[tuple[float, float, float]] = []  # forward, backward, optimizer step (s)
         self.losses: list[float] = []
@@ -216,7 +241,7 @@ class _Trainer:
         # buffers): it is their compressed regime's first step, as step 0 is
         # every algorithm's. At least one compressed step stays timed.
         self.skip = args.warmup_steps
-        if algorithm.split(":")[0] in ("qadam", "onebit_adam") and args.adam_warmup_steps < args.steps:
+        if algorithm.split(":")[0] in ADAM_ALGORITHMS and args.adam_warmup_steps < args.steps:
             self.skip = max(self.skip, min(args.adam_warmup_steps + 1, args.steps - 1))
 
     def run(self, steps: int, progress=None) -> None:
@@ -226,7 +251,7 @@ class _Trainer:
             x, y = self.task.batch()
             t0 = time.perf_counter()
             self.opt.zero_grad()
-            loss = nn.functional.cross_entropy(self.model(x), y)
+            loss = self.task.loss(self.model(x), y)
             t1 = time.perf_counter()
             loss.backward()
             t2 = time.perf_counter()
@@ -239,6 +264,9 @@ class _Trainer:
             self.step_bytes.append(sent - mark)
             mark = sent
             self.losses.append(float(loss.detach()))
+            done = len(self.losses)
+            if done % self.args.eval_every == 0 or done == self.args.steps:
+                self.evaluate()
             if progress is not None:
                 progress.update(1)
         # A rank's step can end while its own last bytes still wait in its
@@ -249,6 +277,17 @@ class _Trainer:
         if steps:
             dist.barrier(group=self.gloo)
             self.step_bytes[-1] += tx_bytes(self.ifname) - mark
+
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        """Held-out loss now (not part of any step's time)."""
+        self.model.eval()
+        try:
+            x, y = self.held_out_set
+            value = float(self.task.loss(self.model(x), y))
+        finally:
+            self.model.train()
+        self.held_out.append((len(self.losses), sum(self.step_times), value))
 
     def summary(self, world, gloo) -> dict:
         args = self.args
@@ -274,6 +313,14 @@ class _Trainer:
         # first falls below it (one batch's loss is too noisy to decide).
         trailing = [statistics.fmean(mean_loss[max(0, i + 1 - SMOOTHING) : i + 1]) for i in range(len(mean_loss))]
         below = [i for i, v in enumerate(trailing) if args.target_loss is not None and v < args.target_loss]
+        # Held-out loss: the mean over ranks (replicas of a synchronous
+        # algorithm are identical; others' are not), at the same steps for all.
+        held = torch.tensor([h[2] for h in self.held_out], dtype=torch.float64)
+        dist.all_reduce(held, group=gloo)
+        held = (held / world).tolist()
+        held_steps = [h[0] for h in self.held_out]
+        held_seconds = [float(seconds[s - 1]) for s in held_steps]
+        reached = [i for i, v in enumerate(held) if args.target_heldout_loss is not None and v < args.target_heldout_loss]
         return {
             "algorithm": self.algorithm,
             "spec": getattr(self.model, "algorithm", "horovod (gloo)" if self.algorithm == "horovod" else "torch DDP (gloo)"),
@@ -288,6 +335,9 @@ class _Trainer:
             "final_loss": statistics.fmean(mean_loss[-SMOOTHING:]),
             "bytes_sent_per_step": float(sent) / world / max(1, timed_steps),
             "time_to_target_s": float(seconds[below[0]]) if below else None,
+            "heldout_loss": held[-1],
+            "time_to_target_heldout_s": held_seconds[reached[0]] if reached else None,
+            "heldout_curve": {"steps": held_steps, "seconds": held_seconds, "loss": held},
             "curve": {"seconds": seconds.tolist(), "loss": mean_loss},
         }
 
@@ -331,7 +381,7 @@ def run(args) -> list[dict]:
             raise SystemExit(
                 f"unknown algorithm {name!r}; choose from {', '.join(BASELINES + tuple(bagua_ravnest.algorithm_names()))}"
             )
-        if name in ("qadam", "onebit_adam"):
+        if name in ADAM_ALGORITHMS:
             try:
                 _adam_precondition(a)
             except ValueError as e:
@@ -379,7 +429,9 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world-size", type=int, default=4)
     ap.add_argument("--algorithms", default="ddp,gradient_allreduce")
-    ap.add_argument("--model", choices=["mlp", "convnet"], default="mlp")
+    ap.add_argument("--model", choices=MODELS, default="mlp",
+                    help="charlm: the real-data task (a character-level transformer on the standard library's "
+                         "source text; benchmarks/charlm.py); mlp and convnet: generated data")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup-steps", type=int, default=5,
                     help="steps left out of the speed and byte figures (qadam and onebit_adam also leave out their "
@@ -399,6 +451,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--bandwidth-mbit", help="emulated link rate(s) in Mbit/s: one, or one per rank (needs root)")
     ap.add_argument("--target-loss", type=float, default=None,
                     help="report the training time until the mean loss of the last 5 steps is below this")
+    ap.add_argument("--target-heldout-loss", type=float, default=None,
+                    help="report the training time until the held-out loss is below this")
+    ap.add_argument("--eval-every", type=int, default=10, help="held-out loss every this many steps (and at the end)")
     ap.add_argument("--malloc", choices=MALLOC_CHOICES, default="tuned",
                     help="the ranks' glibc malloc settings, alike for every algorithm: tuned keeps freed memory in "
                          "the process (no page faults to get it back each step), system leaves glibc's defaults "

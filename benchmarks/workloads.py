@@ -1,7 +1,10 @@
-"""Models and generated data shared by the training benchmarks and the demo.
+"""Models and data shared by the training benchmarks and the demo.
 
-The data is generated, so it needs no download and is identical on every
-machine for a given seed:
+- charlm: the real-data task, a character-level transformer on the Python
+  standard library's source text (benchmarks/charlm.py).
+
+The other tasks' data is generated, so it needs no download and is identical
+on every machine for a given seed:
 - mlp: Gaussian inputs labelled by a randomly initialised "teacher" network;
 - convnet: noisy images of ten fixed smooth patterns, one per class (the
   image is Gaussian noise plus 0.2 times the class's pattern). A convnet
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 NUM_CLASSES = 10
+MODELS = ("mlp", "convnet", "charlm")
 
 
 def build_model(name: str, seed: int = 0) -> nn.Module:
@@ -38,7 +42,11 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
             nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
             nn.Flatten(), nn.Linear(256 * 16, 256), nn.ReLU(), nn.Linear(256, NUM_CLASSES),
         )
-    raise ValueError(f"unknown model {name!r}; choose mlp or convnet")
+    if name == "charlm":
+        from charlm import CharLM
+
+        return CharLM()
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
 def input_shape(name: str) -> tuple[int, ...]:
@@ -61,7 +69,7 @@ class SyntheticTask:
     """An endless, deterministic stream of (x, y) batches for one rank."""
 
     def __init__(self, model: str, rank: int, batch_size: int, seed: int = 0):
-        self.model = model
+        self.model, self.seed = model, seed
         self.shape = input_shape(model)
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed * 7919 + rank)
@@ -72,6 +80,14 @@ class SyntheticTask:
             features = int(torch.tensor(self.shape).prod())
             self.teacher = nn.Sequential(nn.Linear(features, 64), nn.Tanh(), nn.Linear(64, NUM_CLASSES))
 
+    loss = staticmethod(nn.functional.cross_entropy)
+
+    def held_out(self, batches: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh samples of the same distribution, the same on every rank."""
+        stream = SyntheticTask(self.model, 0, self.batch_size * batches, seed=self.seed)
+        stream.generator = torch.Generator().manual_seed(99_991 + self.seed)
+        return stream.batch()
+
     @torch.no_grad()
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(self.batch_size, *self.shape, generator=self.generator)
@@ -80,3 +96,13 @@ class SyntheticTask:
             return x + PATTERN_AMPLITUDE * self.patterns[y], y
         y = self.teacher(x.reshape(self.batch_size, -1)).argmax(dim=1)
         return x, y
+
+
+def make_task(model: str, rank: int, batch_size: int, seed: int = 0):
+    """The data stream of `model`'s task for one rank: .batch() -> (x, y),
+    .loss(output, y), .held_out() -> a fixed (x, y) set, the same on every rank."""
+    if model == "charlm":
+        from charlm import CharTask
+
+        return CharTask(rank, batch_size, seed=seed)
+    return SyntheticTask(model, rank, batch_size, seed=seed)

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include "algorithms/registry.hpp"
@@ -38,6 +39,13 @@ __attribute__((target_clones("fma", "default")))
 #endif
 void accumulate_square(float* v, const float* g, std::size_t n, float decay, float fresh) {
   for (std::size_t k = 0; k < n; ++k) v[k] = std::fma(fresh * g[k], g[k], v[k] * decay);
+}
+
+// True when every value is finite: one branch-free pass (NaN compares false).
+bool all_finite(const float* v, std::size_t n) {
+  bool ok = true;
+  for (std::size_t k = 0; k < n; ++k) ok &= std::abs(v[k]) <= std::numeric_limits<float>::max();
+  return ok;
 }
 
 }  // namespace
@@ -117,6 +125,7 @@ void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
     // Warm-up: exact average; the momentum follows Adam's exp_avg.
     ring_allreduce(ctx.comm, ring_, g, b.count, DType::F32, ReduceOp::Avg, ctx.tag);
     lerp_momentum(m.data(), g, b.count, weight);
+    check_finite(all_finite(m.data(), b.count), b, ctx);
     if (options_.precondition) {
       // v = beta2 v + (1 - beta2) g^2, as the optimizer's exp_avg_sq.
       accumulate_square(variances_.at(b.index).data(), g, b.count, static_cast<float>(options_.beta2),
@@ -138,11 +147,29 @@ void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
   } else {
     compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag);
   }
+  // The copy into the gradient checks what it copies on the way, so a
+  // diverged or NaN-fed run stops here, with its step, instead of
+  // compressing garbage from now on (a NaN block decodes to NaN everywhere).
+  bool finite;
   if (options_.precondition) {
-    multiply_into(b.index, m.data(), g, b.count);
+    finite = multiply_into(b.index, m.data(), g, b.count);
   } else {
-    std::memcpy(g, m.data(), b.count * sizeof(float));
+    finite = true;
+    const float* src = m.data();
+    for (std::size_t k = 0; k < b.count; ++k) {
+      g[k] = src[k];
+      finite &= std::abs(src[k]) <= std::numeric_limits<float>::max();
+    }
   }
+  check_finite(finite, b, ctx);
+}
+
+void QAdam::check_finite(bool finite, const BucketView& b, const StepContext& ctx) const {
+  if (finite) return;
+  throw Error(fmt::format(
+      "{}: the averaged momentum of bucket {} is not finite (NaN or Inf) at step {}: a gradient was not finite, "
+      "or training diverged; lower the learning rate or check the inputs and loss for NaN",
+      options_.name, b.index, ctx.step + 1));
 }
 
 void QAdam::lerp_and_divide(std::size_t bucket, float* m, const float* g, std::size_t n, float weight) {
@@ -171,13 +198,16 @@ void QAdam::lerp_and_divide(std::size_t bucket, float* m, const float* g, std::s
   });
 }
 
-void QAdam::multiply_into(std::size_t bucket, float* m, float* g, std::size_t n) const {
+bool QAdam::multiply_into(std::size_t bucket, float* m, float* g, std::size_t n) const {
   const float* d = denominators_.at(bucket).data();
+  bool finite = true;
   for (std::size_t k = 0; k < n; ++k) {
     const float x = m[k] * d[k];
     m[k] = x;
     g[k] = x;
+    finite &= std::abs(x) <= std::numeric_limits<float>::max();
   }
+  return finite;
 }
 
 std::vector<std::pair<std::string, std::vector<float>*>> QAdam::state_vectors() {

@@ -72,7 +72,11 @@ class QAdam final : public Algorithm {
   // Precondition, one pass each: m <- lerp(m, g) / d (0 where v is 0: the
   // optimizer never moves those coordinates), and back: m <- m * d, g <- m.
   void lerp_and_divide(std::size_t bucket, float* m, const float* g, std::size_t n, float weight);
-  void multiply_into(std::size_t bucket, float* m, float* g, std::size_t n) const;
+  // Returns whether every product is finite.
+  bool multiply_into(std::size_t bucket, float* m, float* g, std::size_t n) const;
+  // Throws, naming the algorithm, bucket and step (counted from 1, as the
+  // optimizer counts), unless `finite`.
+  void check_finite(bool finite, const BucketView& b, const StepContext& ctx) const;
 
   std::vector<std::vector<float>> momenta_;  // per bucket
   // With precondition: the variance during warm-up, and the denominator

@@ -71,6 +71,22 @@ def test_train_json_and_plot(tmp_path):
     assert "training ranks' malloc: tuned" in report.stdout
 
 
+def test_charlm_reports_held_out_loss_at_equal_samples(tmp_path):
+    data = _run(["benchmarks/train.py", "--world-size", "2", "--model", "charlm", "--algorithms", "ddp_adam,qadam",
+                 "--steps", "6", "--warmup-steps", "1", "--adam-warmup-steps", "2", "--eval-every", "3",
+                 "--batch-size", "4", "--rounds", "1", "--target-heldout-loss", "100"], tmp_path)
+    rows = {r["algorithm"]: r for r in data["rows"]}
+    assert rows["ddp_adam"]["spec"] == "torch DDP (gloo)"
+    for r in rows.values():
+        # Held out every 3 steps and at the end: the same steps (samples) for every algorithm.
+        assert r["heldout_curve"]["steps"] == [3, 6]
+        assert r["heldout_loss"] == r["heldout_curve"]["loss"][-1]
+        assert 0 < r["heldout_loss"] < 6  # a byte model starts near log(256) = 5.55
+        assert r["time_to_target_heldout_s"] == r["heldout_curve"]["seconds"][0]  # 100 is reached at once
+    # Warm-up of qadam is exact Adam: both are Adam on the same data until its switch.
+    assert abs(rows["qadam"]["curve"]["loss"][0] - rows["ddp_adam"]["curve"]["loss"][0]) < 1e-5
+
+
 @pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
                     reason="Horovod is not installed (`make horovod` builds it, about 20 minutes)")
 def test_horovod_baseline_trains_the_same_model(tmp_path):
