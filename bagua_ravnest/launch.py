@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue as queue_mod
 import tempfile
 import time
@@ -90,7 +91,7 @@ def _inherited_environment(env: dict[str, str]):
                 os.environ[k] = v
 
 
-def _worker(fn, rank, world, backend, store_path, args, queue, netns=None, hostname=None):
+def _worker(fn, rank, world, backend, store_path, args_path, queue, netns=None, hostname=None):
     # run_world's env is already here: the worker inherited it at start.
     if netns:
         _enter_network_namespace(netns, hostname)
@@ -101,6 +102,8 @@ def _worker(fn, rank, world, backend, store_path, args, queue, netns=None, hostn
 
         import bagua_ravnest  # noqa: F401  registers the backend
 
+        with open(args_path, "rb") as f:
+            args = pickle.load(f)
         torch.set_num_threads(1)
         dist.init_process_group(backend, init_method=f"file://{store_path}", rank=rank, world_size=world)
         try:
@@ -136,8 +139,16 @@ def run_world(fn, world: int, *args, backend: str = "bagua", env: dict | None = 
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
+        # The arguments go through a file, not the pipe that starts a worker:
+        # the parent writes that pipe while still holding its read end, so
+        # a worker that dies before reading more than the pipe's 64 KiB (a
+        # checkpoint passed to resume from, say) would block the parent's
+        # write forever, before any deadline applies.
+        args_path = os.path.join(tmp, "args.pickle")
+        with open(args_path, "wb") as f:
+            pickle.dump(args, f, protocol=pickle.HIGHEST_PROTOCOL)
         procs = [
-            ctx.Process(target=_worker, args=(fn, r, world, backend, store, args, queue,
+            ctx.Process(target=_worker, args=(fn, r, world, backend, store, args_path, queue,
                                               netns[r] if netns else None, hostnames[r] if hostnames else None),
                         daemon=True)
             for r in range(world)

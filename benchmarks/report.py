@@ -28,6 +28,11 @@ def train_table(data: dict) -> str:
     if shaped:
         head += " network | MB sent per rank per step |"
         rule += "---|---:|"
+    held_target = data.get("config", {}).get("target_heldout_loss")
+    held = all("heldout_loss" in r for r in data["rows"]) and held_target is not None
+    if held:
+        head += f" held-out loss | time to held-out {held_target:g} (s) |"
+        rule += "---:|---:|"
     lines = [head, rule]
     for r in data["rows"]:
         speed = f"{r['speedup_vs_ddp']:.2f}x" if r.get("speedup_vs_ddp") else "-"
@@ -38,7 +43,26 @@ def train_table(data: dict) -> str:
             line += f" {reached:.2f} |" if reached is not None else " not reached |"
         if shaped:
             line += f" {r['network']} | {r['bytes_sent_per_step'] / 1e6:.2f} |"
+        if held:
+            reached = r.get("time_to_target_heldout_s")
+            line += f" {r['heldout_loss']:.4f} | " + (f"{reached:.2f} |" if reached is not None else "not reached |")
         lines.append(line)
+    return "\n".join(lines)
+
+
+def adam_table(runs: list[dict]) -> str:
+    """Held-out loss of the Adam family against exact Adam (ddp_adam) of the
+    same run, one line per task, world size and algorithm."""
+    lines = ["| task | world | algorithm | steps | held-out loss | vs ddp_adam | held-out at the first evaluation |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for data in runs:
+        rows = data["rows"]
+        exact = next(r for r in rows if r["algorithm"] == "ddp_adam")["heldout_loss"]
+        for r in rows:
+            gap = "—" if r["algorithm"] == "ddp_adam" else f"{100 * (r['heldout_loss'] / exact - 1):+.1f}%"
+            first = r["heldout_curve"]
+            lines.append(f"| {r['model']} | {r['world_size']} | {r['algorithm']} | {r['steps']} | "
+                         f"{r['heldout_loss']:.4f} | {gap} | {first['loss'][0]:.4f} (step {first['steps'][0]}) |")
     return "\n".join(lines)
 
 

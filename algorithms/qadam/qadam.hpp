@@ -38,7 +38,8 @@ struct QAdamOptions {
   // Values per codec header. Adam divides each momentum by its own sqrt(v),
   // so the compression error must follow each region's own scale, not the
   // range of a whole chunk (one chunk of a bucket mixes layers whose
-  // momenta differ by orders of magnitude).
+  // momenta differ by orders of magnitude). onebit_adam uses
+  // kOnebitBlockElems (algorithms/onebit_adam).
   std::size_t block_elems = 4096;
   std::uint64_t warmup_steps = 100;
   // double, as Python passes it: the momentum weight 1 - beta1 is then

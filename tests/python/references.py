@@ -47,23 +47,36 @@ def reference_average(flat: torch.Tensor, roundtrip, group) -> torch.Tensor:
     return out
 
 
+def blockwise(roundtrip, block: int):
+    """`roundtrip` applied to each `block` values of a chunk (the last block
+    shorter), as a codec with one header per block encodes a chunk."""
+    def per_block(v: torch.Tensor) -> torch.Tensor:
+        if v.numel() <= block:
+            return roundtrip(v)
+        return torch.cat([roundtrip(part) for part in v.split(block)])
+    return per_block
+
+
 def sign_roundtrip(v: torch.Tensor) -> torch.Tensor:
-    """sign1bit of one chunk, encode then decode: +-mean|v| by sign (0 counts as +)."""
+    """sign1bit of one block, encode then decode: +-mean|v| by sign (0 counts as +)."""
     if v.numel() == 0:
         return v.clone()
     scale = v.abs().sum() / v.numel()
     return torch.where(v >= 0, scale, -scale)
 
 
-def reference_average_with_feedback(flat: torch.Tensor, worker: torch.Tensor, server: torch.Tensor, group):
+def reference_average_with_feedback(flat: torch.Tensor, worker: torch.Tensor, server: torch.Tensor, group,
+                                    block: int):
     """onebit_adam's exchange of one bucket: each rank sends C(x + worker
-    residual) per chunk; the owner of chunk r averages the decoded copies,
-    adds its server residual and sends C of that back. Every rank sees every
-    decoded send, so each keeps all owners' server residuals (its own part is
-    what the owner keeps). Returns (result, new worker, new server)."""
+    residual) per chunk, one sign scale per `block` values; the owner of
+    chunk r averages the decoded copies, adds its server residual and sends C
+    of that back. Every rank sees every decoded send, so each keeps all
+    owners' server residuals (its own part is what the owner keeps). Returns
+    (result, new worker, new server)."""
     n = dist.get_world_size(group)
+    sign = blockwise(sign_roundtrip, block)
     x = flat + worker
-    sent = torch.cat([sign_roundtrip(x[off : off + size]) for off, size in chunks(x.numel(), n)])
+    sent = torch.cat([sign(x[off : off + size]) for off, size in chunks(x.numel(), n)])
     new_worker = x - sent
     everyone = [torch.empty_like(sent) for _ in range(n)]
     dist.all_gather(everyone, sent, group=group)
@@ -73,6 +86,6 @@ def reference_average_with_feedback(flat: torch.Tensor, worker: torch.Tensor, se
         for q in range(n):
             acc = acc + everyone[q][off : off + size]
         y = acc / n + server[off : off + size]
-        out[off : off + size] = sign_roundtrip(y)
+        out[off : off + size] = sign(y)
         new_server[off : off + size] = y - out[off : off + size]
     return out, new_worker, new_server

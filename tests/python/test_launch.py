@@ -3,6 +3,7 @@
 import os
 import platform
 import sys
+import threading
 
 import pytest
 
@@ -37,3 +38,25 @@ def test_env_that_no_environment_can_hold_is_refused_before_starting(env):
     with pytest.raises(ValueError, match=r"str\(value\)"):
         run_world(_allocator_view, 2, backend="gloo", env=env)
     assert "X" not in os.environ
+
+
+def _returns_size(rank, world, blob):
+    return len(blob)
+
+
+def test_workers_that_die_at_start_are_reported_even_with_large_arguments():
+    # A worker whose interpreter cannot start (here: no standard library)
+    # never reads what it was sent. Arguments larger than a pipe's buffer
+    # used to block the parent's write to it forever; they travel through a
+    # file, so the death is reported.
+    blob = b"x" * (1 << 20)
+    done = []
+    thread = threading.Thread(
+        target=lambda: done.append(run_world(_returns_size, 2, blob, backend="gloo",
+                                             env={"PYTHONHOME": "/nonexistent"}, timeout=60)),
+        daemon=True)
+    thread.start()
+    thread.join(90)
+    assert done, "run_world hung on workers that died at start"
+    assert [r.error_type for r in done[0]] == ["died", "died"]
+    assert values(run_world(_returns_size, 2, blob, backend="gloo")) == [len(blob)] * 2

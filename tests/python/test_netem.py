@@ -130,17 +130,32 @@ def test_train_on_two_shaped_namespaces(tmp_path):
     assert _ours() == [] and netem.leftovers() == []
 
 
-def test_bench_quick_regenerates_its_section_only(tmp_path):
+def test_bench_quick_regenerates_its_sections_only(tmp_path):
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\nHand-written text stays.\n")
-    for _ in range(2):  # the second run replaces the generated section
+    # The second pass re-renders from the first one's JSON and must replace
+    # each generated section, not add another.
+    for extra in ([], ["--render"]):
         proc = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick", "--docs", str(docs),
-                               "--out", str(tmp_path / "out"), "--img", str(tmp_path / "img")],
+                               "--out", str(tmp_path / "out"), "--img", str(tmp_path / "img"), *extra],
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     text = docs.read_text()
     assert text.startswith("# Benchmarks\n\nHand-written text stays.")
-    assert text.count("<!-- make bench: begin -->") == 1 and text.count("<!-- make bench: end -->") == 1
+    for part in ("", " realdata", " adam"):
+        assert text.count(f"<!-- make bench{part}: begin -->") == 1, part
+        assert text.count(f"<!-- make bench{part}: end -->") == 1, part
     assert "### loopback" in text and "### uniform-200mbit" in text
     assert (tmp_path / "img" / "bench_uniform-200mbit_speed.png").stat().st_size > 1000
+    # Every algorithm on the real-data task, with its held-out loss; the
+    # Adam family against exact Adam.
+    realdata = text.split("<!-- make bench realdata: begin -->")[1].split("<!-- make bench realdata: end -->")[0]
+    for name in ("| ddp |", "| ddp_adam |", "| bytegrad |", "| onebit_adam |", "held-out loss"):
+        assert name in realdata, name
+    assert (tmp_path / "img" / "bench_realdata_loopback_heldout.png").stat().st_size > 1000
+    adam = text.split("<!-- make bench adam: begin -->")[1].split("<!-- make bench adam: end -->")[0]
+    assert "| charlm | 2 | ddp_adam | 6 |" in adam and "| charlm | 2 | onebit_adam | 6 |" in adam
+    proc = subprocess.run([sys.executable, "benchmarks/bench.py", "--parts", "adam,nope"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "unknown nope" in proc.stderr
     assert netem.leftovers() == []

@@ -14,9 +14,11 @@ from torch.nn.parallel import DistributedDataParallel as TorchDDP
 import bagua_ravnest
 from bagua_ravnest.launch import run_world, values
 from models import batches, flat_params, mlp
-from references import chunks, minmax_roundtrip, reference_average, reference_average_with_feedback
+from references import blockwise, chunks, minmax_roundtrip, reference_average, reference_average_with_feedback
 
 LR = 0.01
+# Values per codec header (algorithms/qadam, algorithms/onebit_adam).
+BLOCK = {"qadam": 4096, "onebit_adam": 256}
 
 
 def _step(model, opt, x, y):
@@ -62,11 +64,15 @@ def _mismatch(ours, ref, tolerance, close):
     return float((gap / tolerance).max()), float((gap > close).float().mean())
 
 
-def _chunk_steps(values, n, per_chunk):
-    """The codec's resolution per coordinate: per_chunk(chunk values) for every chunk of the partition."""
+def _block_steps(values, n, per_block, block):
+    """The codec's resolution per coordinate: per_block(block values) for
+    every block (of `block` values, from each chunk's start) of every chunk
+    of the partition."""
     out = torch.empty_like(values)
     for off, size in chunks(values.numel(), n):
-        out[off : off + size] = per_chunk(values[off : off + size]) if size else 0.0
+        for start in range(off, off + size, block):
+            end = min(start + block, off + size)
+            out[start:end] = per_block(values[start:end])
     return out
 
 
@@ -123,12 +129,13 @@ def _against_reference(rank, world, algorithm, warmup, steps, precondition=False
                 d = (frozen.sqrt() / math.sqrt(1 - b2**warmup)).add_(eps)
                 local = torch.where(frozen > 0, local / d, torch.zeros_like(local))
             everyone = [torch.empty_like(local) for _ in range(n)]
+            block = BLOCK[algorithm]
             if algorithm == "qadam":
-                averaged = reference_average(local, minmax_roundtrip, gloo)
+                averaged = reference_average(local, blockwise(minmax_roundtrip, block), gloo)
                 dist.all_gather(everyone, local, group=gloo)
                 # Each sender's code and the owner's code may each land one step off.
-                resolution = sum(_chunk_steps(e, n, _minmax_step) for e in everyone) / n
-                resolution += _chunk_steps(averaged, n, _minmax_step)
+                resolution = sum(_block_steps(e, n, _minmax_step, block) for e in everyone) / n
+                resolution += _block_steps(averaged, n, _minmax_step, block)
             else:
                 worker = before[key + "worker_residual"]
                 sizes = [c for _, c in chunks(local.numel(), n)]
@@ -137,10 +144,11 @@ def _against_reference(rank, world, algorithm, warmup, steps, precondition=False
                 dist.all_gather(padded, torch.cat([mine_server, mine_server.new_zeros(sizes[0] - mine_server.numel())]),
                                 group=gloo)
                 server = torch.cat([p[:c] for p, c in zip(padded, sizes)])
-                averaged, new_worker, new_server = reference_average_with_feedback(local, worker, server, gloo)
+                averaged, new_worker, new_server = reference_average_with_feedback(local, worker, server, gloo,
+                                                                                   block)
                 dist.all_gather(everyone, local + worker, group=gloo)
-                resolution = sum(_chunk_steps(e, n, _sign_step) for e in everyone) / n
-                resolution += _chunk_steps(averaged, n, _sign_step)
+                resolution = sum(_block_steps(e, n, _sign_step, block) for e in everyone) / n
+                resolution += _block_steps(averaged, n, _sign_step, block)
                 off, size = list(chunks(local.numel(), n))[rank]
                 for name, got, want in (("worker_residual", after[key + "worker_residual"], new_worker),
                                         ("server_residual", after[key + "server_residual"],
@@ -257,14 +265,27 @@ def test_tiny_frozen_variance_gets_bounded_steps(algorithm):
     # Two remedies: the default update_bound caps every step at lr;
     # compressing m / d (precondition) keeps every step within twice the
     # largest uncompressed one, even unbounded.
-    exact = max(values(run_world(_largest_step_of_exact_frozen_adam, 2)))
-    assert 0.1 < exact < 100, exact
-    for largest in values(run_world(_largest_step_after_the_switch, 2, algorithm, False, None)):
-        assert largest > 100 * exact, (largest, exact)
-    for largest in values(run_world(_largest_step_after_the_switch, 2, algorithm, False)):
-        assert 0.5 < largest <= 1 + 1e-5, largest
-    for largest in values(run_world(_largest_step_after_the_switch, 2, algorithm, True, None)):
-        assert largest < 2 * exact, (largest, exact)
+    for exact, unbounded, bounded, preconditioned in values(run_world(_largest_steps, 2, algorithm)):
+        assert 0.1 < exact < 100, exact
+        assert unbounded > 100 * exact, (unbounded, exact)
+        assert 0.5 < bounded <= 1 + 1e-5, bounded
+        assert preconditioned < 2 * exact, (preconditioned, exact)
+
+
+def _largest_steps(rank, world, algorithm):
+    """The four cases of the test above in the same processes (one start of
+    a world instead of four)."""
+    exact = _largest_step_of_exact_frozen_adam(rank, world)
+    return (max(_all_ranks(exact)),
+            _largest_step_after_the_switch(rank, world, algorithm, False, None),
+            _largest_step_after_the_switch(rank, world, algorithm, False),
+            _largest_step_after_the_switch(rank, world, algorithm, True, None))
+
+
+def _all_ranks(value: float) -> list[float]:
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    return everyone
 
 
 def _steps_on_a_steady_gradient(rank, world, algorithm, warmup, steps):
@@ -304,6 +325,48 @@ def test_frozen_variance_keeps_the_bias_correction_of_the_switch(algorithm):
     # instead, v_hat would shrink and the step would grow to 7 lr by t = 50.
     for moves in values(run_world(_steps_on_a_steady_gradient, 2, algorithm, 1, 50)):
         assert all(0.9 < m < 1.1 for m in moves), moves
+
+
+def _small_region_errors(rank, world, steps=8, warmup=2):
+    """onebit_adam on a steady gradient whose size alternates every 256
+    values between 1e-3 and 1 (rows of an embedding for rare and frequent
+    bytes, say), 5% apart between ranks: per compressed step, the largest
+    error of the averaged momentum on the small values, over their mean
+    size. The exact average is that of every rank's momentum lerped from
+    the algorithm's own momentum before the step."""
+    torch.manual_seed(0)
+    size = 2048 * world  # chunks of 2048: 8 blocks of 256, half of them small
+    scale = torch.tensor([1e-3] * 256 + [1.0] * 256).repeat(size // 512)
+    sign = torch.where(torch.rand(size) < 0.5, -1.0, 1.0)
+    noise = torch.rand(size, generator=torch.Generator().manual_seed(rank)) * 0.1 - 0.05
+    direction = scale * sign * (1 + noise)
+    average = direction.clone()
+    dist.all_reduce(average, op=dist.ReduceOp.AVG)
+    small = scale < 1
+    weight = nn.Parameter(torch.zeros(size))
+    opt = bagua_ravnest.QAdamOptimizer([weight], lr=LR, warmup_steps=warmup)
+    model = bagua_ravnest.DistributedDataParallel(_Linear(weight, direction), algorithm="onebit_adam", optimizer=opt)
+    errors = []
+    for t in range(1, steps + 1):
+        before = _algorithm_state(model)["bucket0.momentum"]
+        opt.zero_grad()
+        model(torch.ones(1)).backward()
+        if t > warmup:
+            exact = before.lerp(average, 0.1)
+            gap = (weight.grad - exact)[small].abs().max()
+            errors.append(float(gap / exact[small].abs().mean()))
+        opt.step()
+    return errors
+
+
+def test_onebit_sign_scales_follow_each_256_values():
+    # A sign sends every value of its block as the block's mean |m|: with one
+    # scale per 4096 values (qadam's block) the small values here would be
+    # sent as about 0.5, hundreds of times their size, and the error
+    # feedback would carry that into the weights (docs/qadam.md, "onebit_adam
+    # blocks"). With one scale per 256 they keep their own.
+    for errors in values(run_world(_small_region_errors, 2)):
+        assert len(errors) == 6 and max(errors) < 4, errors
 
 
 def _nan_after_the_switch(rank, world, algorithm, precondition):
