@@ -109,3 +109,18 @@ def test_bad_arguments_are_explained():
     proc = subprocess.run([sys.executable, "benchmarks/train.py", "--algorithms", "onebit_adam:precondition=yes"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "precondition=true|false" in proc.stderr + proc.stdout
+
+
+def test_demo_table_without_a_yardstick(capsys):
+    # `demo.py --algorithms` may leave out ddp or ddp_adam: the speed column
+    # then says "-" for what has no torch DDP of its optimizer in the run.
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import demo
+
+    row = dict(samples_per_s=100.0, bytes_sent_per_step=2e6, heldout_loss=1.5)
+    demo.print_table([dict(row, algorithm="bytegrad"), dict(row, algorithm="qadam"),
+                      dict(row, algorithm="ddp_adam", samples_per_s=50.0)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert lines[1].split()[:2] == ["bytegrad", "SGD"] and lines[1].split()[3] == "-"
+    assert lines[2].split()[:2] == ["qadam", "Adam"] and lines[2].split()[3] == "2.00x"
