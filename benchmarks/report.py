@@ -50,6 +50,33 @@ def train_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def speed_summary(runs: list[dict], focus: int = -1) -> str:
+    """One line per algorithm: its speed against torch DDP on each network
+    of `runs` (train JSONs, one network each), and from runs[focus] its
+    bytes per step, time to the target loss and final loss."""
+    last = runs[focus]
+    labels = [data["rows"][0]["network"] for data in runs]
+    where = last["rows"][0]["network"]
+    target = last.get("config", {}).get("target_loss")
+    head = "| algorithm | " + " | ".join(labels) + f" | MB per rank and step ({where}) |"
+    rule = "|---|" + "---:|" * (len(labels) + 1)
+    if target is not None:
+        head += f" time to loss {target:g} ({where}, s) | final loss ({where}) |"
+        rule += "---:|---:|"
+    lines = [head, rule]
+    for r in last["rows"]:
+        speeds = []
+        for data in runs:
+            same = next((x for x in data["rows"] if x["algorithm"] == r["algorithm"]), None)
+            speeds.append(f"{same['speedup_vs_ddp']:.2f}x" if same and same.get("speedup_vs_ddp") else "-")
+        line = f"| {r['algorithm']} | " + " | ".join(speeds) + f" | {r['bytes_sent_per_step'] / 1e6:.2f} |"
+        if target is not None:
+            reached = r.get("time_to_target_s")
+            line += (f" {reached:.1f} |" if reached is not None else " not reached |") + f" {r['final_loss']:.4g} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def adam_table(runs: list[dict]) -> str:
     """Held-out loss of the Adam family against exact Adam (ddp_adam) of the
     same run, one line per task, world size and algorithm."""

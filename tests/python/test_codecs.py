@@ -1,6 +1,10 @@
 """The codecs as Python sees them (bagua_ravnest._C.Codec): CPU tensors, and
 CUDA tensors through the CUDA kernels, which must write the CPU's bytes."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -68,3 +72,40 @@ def test_cuda_decode_refuses_corrupt_bytes():
     with pytest.raises(RuntimeError, match="block at value 64"):
         codec.decode(wire.cuda(), 200, out=out)
     assert torch.equal(out.cpu(), torch.full((200,), 7.0))
+
+
+_DIGEST = """
+import hashlib, torch
+from bagua_ravnest import _C
+x = torch.randn(100_003, generator=torch.Generator().manual_seed(7)) * 3 + 0.5
+x[5] = float("nan"); x[77] = float("inf"); x[4095:4097] = 0.0
+h = hashlib.sha256()
+for name in ("fp16", "bf16", "minmax_uint8", "sign1bit"):
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        codec = _C.Codec(name, 256)
+        wire = codec.encode(x.to(dtype))
+        h.update(wire.numpy().tobytes())
+        h.update(codec.decode(wire, x.numel()).numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def _digest_under(isa):
+    env = {k: v for k, v in os.environ.items() if k != "BAGUA_CODEC_ISA"}
+    if isa is not None:
+        env["BAGUA_CODEC_ISA"] = isa
+    return subprocess.run([sys.executable, "-c", _DIGEST], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_every_codec_variant_writes_and_reads_the_same_bytes():
+    # BAGUA_CODEC_ISA forces the codec's loop variant (for running a suite
+    # on each); all of them must agree with what this CPU picks by itself.
+    native = _digest_under(None)
+    assert native.returncode == 0, native.stderr[-2000:]
+    for isa in ("scalar", "baseline"):
+        forced = _digest_under(isa)
+        assert forced.returncode == 0, forced.stderr[-2000:]
+        assert forced.stdout == native.stdout, isa
+    wrong = _digest_under("avx9000")
+    assert wrong.returncode != 0
+    assert "BAGUA_CODEC_ISA=avx9000" in wrong.stderr and "valid: scalar, baseline" in wrong.stderr, wrong.stderr[-2000:]
