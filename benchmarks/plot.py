@@ -39,10 +39,12 @@ def plot_heldout_vs_time(rows: list[dict], path: str, title: str = "", dashed=fr
     """Held-out loss against each algorithm's training time; the algorithms
     named in `dashed` are drawn dashed (the demo's Adam family)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for r in rows:
+    # The default cycle has 10 colours; a run of every algorithm has more.
+    colours = plt.cm.tab20.colors if len(rows) > 10 else plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(rows):
         curve = r["heldout_curve"]
         ax.plot(curve["seconds"], curve["loss"], label=r["algorithm"], linewidth=1.4, marker=".",
-                linestyle="--" if r["algorithm"] in dashed else "-")
+                color=colours[i % len(colours)], linestyle="--" if r["algorithm"] in dashed else "-")
     ax.set_xlabel("training time (s, slowest rank)")
     ax.set_ylabel("held-out loss (mean over ranks)")
     ax.set_title(title or f"{rows[0]['model']}, {rows[0]['world_size']} ranks")
