@@ -99,11 +99,19 @@ def run_network(bandwidth, steps, args) -> tuple[dict, dict]:
     net = [] if bandwidth is None else ["--bandwidth-mbit", bandwidth]
     collectives.main(["--world-size", str(args.world_size), "--sizes", args.sizes, "--iters", "10",
                       "--json", coll_json, *net])
-    train.main(["--world-size", str(args.world_size), "--model", args.model, "--batch-size", str(args.batch_size),
-                "--algorithms", args.algorithms, "--steps", str(steps), "--warmup-steps", str(min(3, steps - 1)),
-                "--rounds", str(min(4, steps - 1)), "--target-loss", str(args.target_loss), "--quiet",
-                "--bucket-cap-mb", str(args.bucket_cap_mb), *ADAM, "--json", train_json, *net])
+    _train(train_json, args, args.model, args.world_size, args.batch_size, args.algorithms, steps,
+           min(4, steps - 1), ["--target-loss", str(args.target_loss), *net])
     return load_network(bandwidth, args)
+
+
+def _train(json_path: str, args, model: str, world: int, batch: int, algorithms: str, steps: int, rounds: int,
+           extra: list[str]) -> None:
+    """One train.py run with what every part shares: the first steps (at most
+    3) left out of speed, the bucket cap, the Adam family's schedule."""
+    train.main(["--world-size", str(world), "--model", model, "--batch-size", str(batch),
+                "--algorithms", algorithms, "--steps", str(steps), "--warmup-steps", str(min(3, steps - 1)),
+                "--rounds", str(rounds), "--quiet", "--bucket-cap-mb", str(args.bucket_cap_mb), *ADAM,
+                "--json", json_path, *extra])
 
 
 def _load(path: str) -> dict:
@@ -118,11 +126,8 @@ def realdata_json(args) -> str:
 def run_realdata(args) -> dict:
     bandwidth, steps, target = args.realdata
     net = [] if bandwidth is None else ["--bandwidth-mbit", bandwidth]
-    train.main(["--world-size", str(args.world_size), "--model", "charlm", "--batch-size", "8",
-                "--algorithms", args.algorithms, "--steps", str(steps), "--warmup-steps", str(min(3, steps - 1)),
-                "--rounds", str(min(4, steps - 1)), "--eval-every", str(max(1, steps // 6)),
-                "--target-heldout-loss", str(target), "--quiet", "--bucket-cap-mb", str(args.bucket_cap_mb),
-                *ADAM, "--json", realdata_json(args), *net])
+    _train(realdata_json(args), args, "charlm", args.world_size, 8, args.algorithms, steps, min(4, steps - 1),
+           ["--eval-every", str(max(1, steps // 6)), "--target-heldout-loss", str(target), *net])
     return _load(realdata_json(args))
 
 
@@ -132,10 +137,8 @@ def adam_json(args, model: str, world: int) -> str:
 
 def run_adam(args, model: str, world: int, steps: int) -> dict:
     # Batch 8 per rank on both tasks; no bandwidth: only the loss is read here.
-    train.main(["--world-size", str(world), "--model", model, "--batch-size", "8", "--algorithms", ADAM_FAMILY,
-                "--steps", str(steps), "--warmup-steps", str(min(3, steps - 1)), "--rounds", "1",
-                "--eval-every", str(max(1, steps // 6)), "--quiet", "--bucket-cap-mb", str(args.bucket_cap_mb),
-                *ADAM, "--json", adam_json(args, model, world)])
+    _train(adam_json(args, model, world), args, model, world, 8, ADAM_FAMILY, steps, 1,
+           ["--eval-every", str(max(1, steps // 6))])
     return _load(adam_json(args, model, world))
 
 

@@ -54,17 +54,17 @@ def speed_summary(runs: list[dict], focus: int = -1) -> str:
     """One line per algorithm: its speed against torch DDP on each network
     of `runs` (train JSONs, one network each), and from runs[focus] its
     bytes per step, time to the target loss and final loss."""
-    last = runs[focus]
+    chosen = runs[focus]
     labels = [data["rows"][0]["network"] for data in runs]
-    where = last["rows"][0]["network"]
-    target = last.get("config", {}).get("target_loss")
+    where = chosen["rows"][0]["network"]
+    target = chosen.get("config", {}).get("target_loss")
     head = "| algorithm | " + " | ".join(labels) + f" | MB per rank and step ({where}) |"
     rule = "|---|" + "---:|" * (len(labels) + 1)
     if target is not None:
         head += f" time to loss {target:g} ({where}, s) | final loss ({where}) |"
         rule += "---:|---:|"
     lines = [head, rule]
-    for r in last["rows"]:
+    for r in chosen["rows"]:
         speeds = []
         for data in runs:
             same = next((x for x in data["rows"] if x["algorithm"] == r["algorithm"]), None)

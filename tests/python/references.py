@@ -50,11 +50,7 @@ def reference_average(flat: torch.Tensor, roundtrip, group) -> torch.Tensor:
 def blockwise(roundtrip, block: int):
     """`roundtrip` applied to each `block` values of a chunk (the last block
     shorter), as a codec with one header per block encodes a chunk."""
-    def per_block(v: torch.Tensor) -> torch.Tensor:
-        if v.numel() <= block:
-            return roundtrip(v)
-        return torch.cat([roundtrip(part) for part in v.split(block)])
-    return per_block
+    return lambda v: torch.cat([roundtrip(part) for part in v.split(block)])
 
 
 def sign_roundtrip(v: torch.Tensor) -> torch.Tensor:

@@ -68,12 +68,8 @@ def _block_steps(values, n, per_block, block):
     """The codec's resolution per coordinate: per_block(block values) for
     every block (of `block` values, from each chunk's start) of every chunk
     of the partition."""
-    out = torch.empty_like(values)
-    for off, size in chunks(values.numel(), n):
-        for start in range(off, off + size, block):
-            end = min(start + block, off + size)
-            out[start:end] = per_block(values[start:end])
-    return out
+    spread = blockwise(lambda v: per_block(v).expand_as(v) if v.numel() else v.clone(), block)
+    return torch.cat([spread(values[off : off + size]) for off, size in chunks(values.numel(), n)])
 
 
 def _minmax_step(v):
