@@ -1,22 +1,35 @@
-// The Algorithm contract (see DESIGN.md). The engine calls these hooks, in
-// this order, each training step:
-//   forward_pre_hook -> (backward) on_bucket_ready per bucket, on the
-//   communication threads, launched in bucket order -> post_backward_hook ->
-//   post_optimizer_step_hook.
-// tensors_to_buckets and init_operations run when buckets are (re)built,
-// which happens at start and whenever need_reset() says so.
+// The Algorithm contract, second edition (DESIGN.md). The engine calls
+// these hooks, in this order, each training step:
+//   forward_pre_hook -> (backward) on_bucket_ready per gradient bucket, on
+//   the communication threads, launched in bucket order -> post_backward_hook
+//   (after every launched operation finished) -> post_optimizer_step_hook.
+// bucket_roles, tensors_to_buckets and init_operations run when buckets are
+// (re)built: at start, and whenever need_reset() says so after a step.
+// start runs once the first buckets are set; stop when the engine goes.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "comm/tag_source.hpp"
 
 namespace bagua {
+
+// What a bucket holds. Gradients: views of each parameter's .grad, ready
+// when autograd has produced them all. Weights: views of each parameter's
+// data, which the algorithm reads and writes in its hooks (before forward,
+// after backward, after the optimizer step) or on its own thread.
+enum class BucketRole { Gradients, Weights };
+
+const char* role_name(BucketRole role);
 
 // What the engine knows of a registered tensor.
 struct TensorInfo {
@@ -24,9 +37,10 @@ struct TensorInfo {
   DType dtype = DType::F32;
 };
 
-// A bucket as an algorithm sees it: one flat buffer of gradients.
+// A bucket as an algorithm sees it: one flat buffer.
 struct BucketView {
-  int index = 0;
+  int index = 0;  // within its role
+  BucketRole role = BucketRole::Gradients;
   void* data = nullptr;
   std::size_t count = 0;
   DType dtype = DType::F32;
@@ -37,11 +51,29 @@ struct BucketingOptions {
   std::size_t first_cap_bytes = 1u << 20;
 };
 
-// Everything an algorithm may use while it runs an operation.
+// What every hook gets.
 struct StepContext {
   Communicator& comm;
   std::uint64_t step;  // completed optimizer steps so far
-  Tag tag;             // unique to this operation, equal on every rank
+  // Unique to this operation and equal on every rank.
+  TagBlock tags;
+  // Every bucket of each role (empty for a role the algorithm did not ask for).
+  std::span<const BucketView> gradients;
+  std::span<const BucketView> weights;
+  // Runs `job` on the engine's first communication lane, after what was
+  // launched before it, with a context of its own (its own tags); the end
+  // of backward waits for it (within the timeout) and raises its error,
+  // named by `label`. Empty inside on_bucket_ready.
+  std::function<void(std::string label, std::function<void(StepContext&)> job)> launch;
+};
+
+// What an algorithm's own thread gets: a communicator that outlives the
+// algorithm's use of it, and tags of a range no engine operation uses.
+struct ThreadContext {
+  CommunicatorPtr comm;
+  TagSource tags;
+  // The engine's timeout: what stop() is allowed for the join.
+  std::chrono::milliseconds timeout;
 };
 
 // Named byte blobs: an algorithm's state that must survive a checkpoint.
@@ -54,28 +86,45 @@ class Algorithm {
   // Canonical "name:key=value,..." form; equal on all ranks of one job.
   virtual std::string spec() const = 0;
 
-  // Groups tensors (given in registration order) into buckets: tensor
-  // indices per bucket. nullopt (the default) lets the engine apply DDP's
-  // rule (engine/bucket_plan.hpp).
+  // Which buckets the wrapper must build, asked again after need_reset().
+  virtual std::vector<BucketRole> bucket_roles() const { return {BucketRole::Gradients}; }
+  // Groups tensors (given in registration order) into buckets of `role`:
+  // tensor indices per bucket. nullopt (the default) lets the engine apply
+  // DDP's rule (engine/bucket_plan.hpp).
   virtual std::optional<std::vector<std::vector<std::size_t>>> tensors_to_buckets(
-      const std::vector<TensorInfo>& /*tensors*/, const BucketingOptions& /*options*/) {
+      BucketRole /*role*/, const std::vector<TensorInfo>& /*tensors*/, const BucketingOptions& /*options*/) {
     return std::nullopt;
   }
-  virtual void init_operations(const BucketView& /*bucket*/) {}
-  virtual void forward_pre_hook(std::uint64_t /*step*/) {}
-  // Runs on a communication thread once every tensor of `bucket` is ready.
-  // Different buckets may run at the same time on different threads; one
-  // bucket's calls never overlap.
-  virtual void on_bucket_ready(const BucketView& bucket, StepContext& ctx) = 0;
-  virtual void post_backward_hook(std::uint64_t /*step*/) {}
-  virtual void post_optimizer_step_hook(std::uint64_t /*step*/) {}
-  virtual bool need_reset() { return false; }
+  virtual void init_operations(const BucketView& /*bucket*/, StepContext& /*ctx*/) {}
+
+  virtual void forward_pre_hook(StepContext& /*ctx*/) {}
+  // Runs on a communication thread once every tensor of the gradient
+  // `bucket` is ready. Different buckets may run at the same time on
+  // different threads; one bucket's calls never overlap.
+  virtual void on_bucket_ready(const BucketView& /*bucket*/, StepContext& /*ctx*/) {}
+  virtual void post_backward_hook(StepContext& /*ctx*/) {}
+  virtual void post_optimizer_step_hook(StepContext& /*ctx*/) {}
+  // Asked after each post_optimizer_step_hook (ctx.step is the step just
+  // completed + 1): true makes the wrapper rebuild every bucket.
+  virtual bool need_reset(std::uint64_t /*step*/) { return false; }
 
   // Whether different buckets' operations may run at the same time. Safe
-  // only when each operation's messages are told apart by ctx.tag alone;
+  // only when each operation's messages are told apart by ctx.tags alone;
   // collectives of an inner backend are matched by issue order instead, so
   // they must run one at a time.
   virtual bool buckets_may_overlap() const { return false; }
+
+  // An algorithm that runs a thread of its own starts it here or later, and
+  // ends it in stop, which must return within `deadline` (a thread stuck
+  // in a wait is left to that wait's own timeout, detached, never joined
+  // forever). stop is idempotent.
+  virtual void start(ThreadContext /*ctx*/) {}
+  virtual void stop(std::chrono::milliseconds /*deadline*/) {}
+
+  // Named controls the wrapper exposes (DistributedDataParallel.
+  // algorithm_control): collective, every rank calls them in the same order.
+  virtual std::vector<std::string> controls() const { return {}; }
+  virtual void control(const std::string& /*name*/, StepContext& /*ctx*/) {}
 
   virtual AlgorithmState state_dict() const { return {}; }
   virtual void load_state_dict(const AlgorithmState& /*state*/) {}

@@ -1,5 +1,6 @@
 // The one place that lists the algorithms compiled into this build. Each
 // algorithm folder provides a register_<name> function.
+#include "algorithms/composition.hpp"
 #include "algorithms/registry.hpp"
 
 namespace bagua {
@@ -14,6 +15,7 @@ void register_builtin_algorithms(AlgorithmRegistry& registry) {
   register_bytegrad(registry);
   register_qadam(registry);
   register_onebit_adam(registry);
+  registry.set_composer(compose_algorithm);
 }
 
 }  // namespace bagua

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 
-#include "algorithms/composition.hpp"
 #include "core/error.hpp"
 
 namespace bagua {
@@ -44,7 +43,10 @@ const AlgorithmEntry& AlgorithmRegistry::entry(const std::string& name) const {
 
 std::unique_ptr<Algorithm> AlgorithmRegistry::create(const std::string& spec, const WorldInfo& world) const {
   auto [name, options] = parse_algorithm_spec(spec);
-  if (name.empty()) return compose_algorithm(options, world);
+  if (name.empty()) {
+    if (!composer_) throw InvalidArgument(fmt::format("'{}' is a composed spec, and this build composes none", spec));
+    return composer_(options, world);
+  }
   const AlgorithmEntry& e = entry(name);
   for (const auto& [key, _] : options) {
     if (!e.options.count(key)) {
@@ -56,6 +58,8 @@ std::unique_ptr<Algorithm> AlgorithmRegistry::create(const std::string& spec, co
   }
   return e.make(options, world);
 }
+
+void AlgorithmRegistry::set_composer(AlgorithmFactory composer) { composer_ = std::move(composer); }
 
 namespace {
 
@@ -102,6 +106,31 @@ std::pair<std::string, AlgorithmOptions> parse_algorithm_spec(const std::string&
   return {name, options};
 }
 
+std::vector<std::string> split_algorithm_specs(const std::string& text) {
+  std::vector<std::string> out;
+  // Whether the last spec takes options: a following key=value is one of them.
+  bool open = false;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const auto comma = text.find(',', start);
+    const std::string token = trim(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (!token.empty()) {
+      const auto eq = token.find('=');
+      const bool key_value = eq != std::string::npos && token.substr(0, eq).find(':') == std::string::npos;
+      if (key_value && open) {
+        out.back() += "," + token;
+      } else {
+        out.push_back(token);
+        // Opened by options after a name ("b:x=1") or by a first part ("codec=fp16").
+        open = token.find(':') != std::string::npos || key_value;
+      }
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
 bool option_bool(const AlgorithmOptions& options, const std::string& key, bool fallback) {
   auto it = options.find(key);
   if (it == options.end()) return fallback;
@@ -110,6 +139,24 @@ bool option_bool(const AlgorithmOptions& options, const std::string& key, bool f
   if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
   if (v == "0" || v == "false" || v == "no" || v == "off") return false;
   throw InvalidArgument(fmt::format("option {}='{}' is not a boolean; use true or false", key, it->second));
+}
+
+std::uint64_t option_count(const AlgorithmOptions& options, const std::string& key, std::uint64_t fallback,
+                           std::uint64_t minimum) {
+  auto it = options.find(key);
+  if (it == options.end()) return fallback;
+  const std::string& text = it->second;
+  std::size_t used = 0;
+  unsigned long long value = 0;
+  try {
+    if (!text.empty() && text[0] != '-') value = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (text.empty() || used != text.size() || value < minimum) {
+    throw InvalidArgument(fmt::format("option {}='{}' is not an integer >= {}", key, text, minimum));
+  }
+  return value;
 }
 
 std::string option_choice(const AlgorithmOptions& options, const std::string& key,

@@ -2,6 +2,7 @@
 // unknown names and options are errors that list what is available.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -21,11 +22,19 @@ struct WorldInfo {
 
 using AlgorithmOptions = std::map<std::string, std::string>;
 
+using AlgorithmFactory = std::function<std::unique_ptr<Algorithm>(const AlgorithmOptions&, const WorldInfo&)>;
+
 struct AlgorithmEntry {
   std::string summary;
   // Accepted option keys with a one-line description each.
   std::map<std::string, std::string> options;
-  std::function<std::unique_ptr<Algorithm>(const AlgorithmOptions&, const WorldInfo&)> make;
+  AlgorithmFactory make;
+  // What the algorithm needs from the Python wrapper, so that no algorithm
+  // name is written into it. `optimizer`: the bagua_ravnest class the
+  // wrapper's optimizer= must be ("" for any); such an optimizer carries the
+  // hyperparameters the algorithm shares with it and writes the spec's
+  // options itself (its algorithm_spec(name)).
+  std::string optimizer;
 };
 
 class AlgorithmRegistry {
@@ -37,8 +46,14 @@ class AlgorithmRegistry {
   const AlgorithmEntry& entry(const std::string& name) const;  // throws, listing names
   std::unique_ptr<Algorithm> create(const std::string& spec, const WorldInfo& world) const;
 
+  // Builds composed specs (no name, only parts: "codec=...,exchange=...").
+  // Set by whoever knows the parts (builtin_algorithms.cpp), so that the
+  // registry itself knows no concrete algorithm.
+  void set_composer(AlgorithmFactory composer);
+
  private:
   std::map<std::string, AlgorithmEntry> entries_;
+  AlgorithmFactory composer_;
 };
 
 // Splits "name:k=v,k=v" into its name and options; throws on malformed text.
@@ -46,8 +61,17 @@ class AlgorithmRegistry {
 // comes back with an empty name and all its parts as options.
 std::pair<std::string, AlgorithmOptions> parse_algorithm_spec(const std::string& spec);
 
+// Splits a comma-separated list of specs, as command lines write them:
+// "a,b:x=1,y=2,c" -> {"a", "b:x=1,y=2", "c"} (a key=value continues the spec
+// before it when that spec has options or is composed);
+// "ddp,codec=fp16,exchange=allreduce" -> {"ddp", "codec=fp16,exchange=allreduce"}.
+std::vector<std::string> split_algorithm_specs(const std::string& text);
+
 // Helpers for factories: typed option lookups with clear errors.
 bool option_bool(const AlgorithmOptions& options, const std::string& key, bool fallback);
+// An integer >= minimum.
+std::uint64_t option_count(const AlgorithmOptions& options, const std::string& key, std::uint64_t fallback,
+                           std::uint64_t minimum = 1);
 std::string option_choice(const AlgorithmOptions& options, const std::string& key,
                           const std::vector<std::string>& choices, const std::string& fallback);
 

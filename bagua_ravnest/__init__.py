@@ -10,7 +10,13 @@ from .backend import BackendOptions, register as _register_backend
 
 _register_backend()
 
-from .algorithms import algorithm_names, describe_algorithm, resolve_algorithm  # noqa: E402
+from .algorithms import (  # noqa: E402
+    algorithm_names,
+    describe_algorithm,
+    parse_algorithm_spec,
+    resolve_algorithm,
+    split_algorithm_specs,
+)
 from .ddp import DistributedDataParallel  # noqa: E402
 from .optim import QAdamOptimizer  # noqa: E402
 
@@ -24,5 +30,7 @@ __all__ = [
     "QAdamOptimizer",
     "algorithm_names",
     "describe_algorithm",
+    "parse_algorithm_spec",
     "resolve_algorithm",
+    "split_algorithm_specs",
 ]

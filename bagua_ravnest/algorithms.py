@@ -17,9 +17,24 @@ def algorithm_names() -> list[str]:
 
 
 def describe_algorithm(name: str) -> dict:
-    """{"summary": str, "options": {key: description}} for one algorithm."""
-    summary, options = _C.algorithm_info(name)
-    return {"summary": summary, "options": dict(options)}
+    """{"summary": str, "options": {key: description}, "optimizer": str} for
+    one algorithm; "optimizer" names the bagua_ravnest optimizer class the
+    wrapper must be given ("" for any)."""
+    summary, options, optimizer = _C.algorithm_info(name)
+    return {"summary": summary, "options": dict(options), "optimizer": optimizer}
+
+
+def parse_algorithm_spec(spec: str) -> tuple[str, dict]:
+    """(name, options) of a spec, by the one grammar (C++'s); a composed spec
+    (codec=...,exchange=...) has the name ''."""
+    name, options = _C.parse_algorithm_spec(spec)
+    return name, dict(options)
+
+
+def split_algorithm_specs(text: str) -> list[str]:
+    """'a,b:x=1,y=2,c' -> ['a', 'b:x=1,y=2', 'c']: a key=value continues the
+    spec before it when that spec takes options."""
+    return list(_C.split_algorithm_specs(text))
 
 
 def resolve_algorithm(algorithm: str | None = None) -> str:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import _C
-from .algorithms import resolve_algorithm
+from .algorithms import describe_algorithm, resolve_algorithm
 from .backend import private_backend
 
 # DDP's first bucket is small so that communication starts early.
@@ -167,7 +167,6 @@ class DistributedDataParallel(nn.Module):
         self.algorithm = self._agree_on_configuration(spec)
 
         self._sync_module_states()
-        self._build_buckets()
         # Two lanes let two buckets' latency-bound operations overlap (as
         # Gloo's two worker threads do for torch DDP); see docs/engine.md.
         lanes = int(os.environ.get("BAGUA_COMM_LANES", 2))
@@ -180,7 +179,12 @@ class DistributedDataParallel(nn.Module):
             self._timeout_s,
             lanes,
         )
-        self._engine.set_buckets([(b, idx) for b, idx in zip(self._buckets, self._bucket_members)], len(self._params))
+        self._views: list[torch.Tensor | None] = [None] * len(self._params)
+        self._buckets: list[torch.Tensor] = []
+        self._bucket_members: list[list[int]] = []
+        self._weight_buckets: list[torch.Tensor] = []
+        self._build_buckets()
+        self._engine.start()
         self._hooks = [
             p.register_post_accumulate_grad_hook(self._make_grad_hook(i)) for i, p in enumerate(self._params)
         ]
@@ -257,25 +261,40 @@ class DistributedDataParallel(nn.Module):
             self._broadcast_flat(states)
 
     def _build_buckets(self) -> None:
+        """Buckets of each role the algorithm asks for: gradients (each
+        .grad a view into its bucket) and weights (each parameter's data a
+        view into its bucket), planned by the algorithm or by DDP's rule."""
+        roles = self._engine.bucket_roles()
         first = min(_FIRST_BUCKET_MB, self.bucket_cap_mb)
-        plan = _C.plan_buckets([p.detach() for p in self._params], self.bucket_cap_mb, first)
-        self._buckets: list[torch.Tensor] = []
-        self._bucket_members: list[list[int]] = []
-        self._views: list[torch.Tensor | None] = [None] * len(self._params)
-        for members in plan:
-            numel = sum(self._params[i].numel() for i in members)
-            flat = torch.zeros(numel, dtype=self._params[members[0]].dtype)
-            offset = 0
-            for i in members:
-                p = self._params[i]
-                view = flat[offset : offset + p.numel()].view_as(p)
-                if p.grad is not None:
-                    view.copy_(p.grad)
-                p.grad = view
-                self._views[i] = view
-                offset += p.numel()
-            self._buckets.append(flat)
-            self._bucket_members.append(list(members))
+        tensors = [p.detach() for p in self._params]
+        self._grad_role = "gradients" in roles
+        if self._grad_role:
+            plan = self._engine.plan("gradients", tensors, self.bucket_cap_mb, first)
+            self._buckets, self._bucket_members = [], []
+            for members in plan:
+                flat = self._flatten(members, lambda p: p.grad, _set_grad)
+                for i, view in zip(members, _views_of(flat, [self._params[i] for i in members])):
+                    self._views[i] = view
+                self._buckets.append(flat)
+                self._bucket_members.append(list(members))
+            self._engine.set_buckets("gradients", list(zip(self._buckets, self._bucket_members)), len(self._params))
+        if "weights" in roles:
+            plan = self._engine.plan("weights", tensors, self.bucket_cap_mb, first)
+            self._weight_buckets = [self._flatten(members, lambda p: p.data, _set_data) for members in plan]
+            self._engine.set_buckets("weights", list(zip(self._weight_buckets, plan)), len(self._params))
+
+    @torch.no_grad()
+    def _flatten(self, members: list[int], current, attach) -> torch.Tensor:
+        """One flat buffer holding `current(p)` of each member (zeros where it
+        is None); `attach(p, view)` makes the parameter use its view."""
+        params = [self._params[i] for i in members]
+        flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype)
+        for p, view in zip(params, _views_of(flat, params)):
+            value = current(p)
+            if value is not None:
+                view.copy_(value)
+            attach(p, view)
+        return flat
 
     # ----- per iteration ----------------------------------------------------
 
@@ -306,7 +325,8 @@ class DistributedDataParallel(nn.Module):
         self._callback_queued = False
         self._awaiting_forward = False
         if sync:
-            self._attach_grad_views()
+            if self._grad_role:
+                self._attach_grad_views()
             self._engine.forward_pre_hook()
         output = self.module(*inputs, **kwargs)
         self._unused = self._find_unused(output) if (sync and self.find_unused_parameters) else []
@@ -335,6 +355,12 @@ class DistributedDataParallel(nn.Module):
                     "its own forward, or run the extra backward passes inside no_sync()"
                 )
             if not self._sync_this_iteration:
+                return
+            if not self._grad_role:
+                # The algorithm works on weights; backward only needs its end.
+                if not self._callback_queued:
+                    self._callback_queued = True
+                    torch.autograd.Variable._execution_engine.queue_callback(self._finalize_backward)
                 return
             view = self._views[index]
             if param.grad is not None and param.grad.data_ptr() != view.data_ptr():
@@ -372,10 +398,31 @@ class DistributedDataParallel(nn.Module):
         self._sync_this_iteration = False
         self._awaiting_forward = True
         if not self._has_optimizer:
-            self._engine.post_optimizer_step_hook()
+            self._after_step()
 
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        self._after_step()
+
+    def _after_step(self) -> None:
         self._engine.post_optimizer_step_hook()
+        if self._engine.need_reset():
+            self._build_buckets()
+
+    def algorithm_control(self, name: str) -> None:
+        """Runs the algorithm's control `name` (for example "abort" or
+        "resume" of async_model_average). Collective: every rank calls it at
+        the same point. An unknown name is an error listing the controls."""
+        self._engine.control(name)
+
+    @property
+    def algorithm_controls(self) -> list[str]:
+        """The names algorithm_control accepts."""
+        return list(self._engine.controls)
+
+    def close(self) -> None:
+        """Stops the algorithm's background thread, if it has one (within the
+        timeout). Also done when the wrapper is garbage-collected."""
+        self._engine.stop()
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -398,21 +445,29 @@ _STATE_KEY = "_bagua_algorithm_state"
 
 
 def _with_optimizer_hyperparameters(spec: str, optimizer) -> str:
-    """qadam's and onebit_adam's hyperparameters live in their optimizer; the
-    spec is derived from it."""
-    name = spec.split(":", 1)[0].strip()
-    if name not in ("qadam", "onebit_adam"):
+    """An algorithm whose registry entry names an optimizer class (qadam's
+    QAdamOptimizer, say) shares hyperparameters with it: the optimizer must
+    be of that class, and it writes the spec."""
+    try:
+        name, options = _C.parse_algorithm_spec(spec)
+    except RuntimeError:
+        return spec  # the start-up agreement reports it, on every rank
+    if not name or name not in _C.algorithm_names():
         return spec
-    from .optim import QAdamOptimizer
+    needed = describe_algorithm(name)["optimizer"]
+    if not needed:
+        return spec
+    from . import optim
 
-    if not isinstance(optimizer, QAdamOptimizer):
+    cls = getattr(optim, needed)
+    if not isinstance(optimizer, cls):
         raise ValueError(
-            f"algorithm {name} needs optimizer=bagua_ravnest.QAdamOptimizer(...) (it runs Adam's update with the "
-            f"momentum the algorithm averages)"
+            f"algorithm {name} needs optimizer=bagua_ravnest.{needed}(...) (it shares its hyperparameters "
+            f"with the algorithm)"
         )
-    if ":" in spec:
+    if options:
         raise ValueError(
-            f"algorithm {spec!r}: {name} takes warmup_steps and betas from its QAdamOptimizer; pass them there "
+            f"algorithm {spec!r}: {name} takes its options from its {needed}; pass them there "
             f"and use algorithm='{name}'"
         )
     return optimizer.algorithm_spec(name)
@@ -447,6 +502,22 @@ def _load_algorithm_state(module, state_dict, prefix, local_metadata, strict, mi
         error_msgs.append(str(e))
         return
     module._engine.step = int(saved["step"])
+
+
+def _views_of(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    out, offset = [], 0
+    for p in params:
+        out.append(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return out
+
+
+def _set_grad(p: torch.Tensor, view: torch.Tensor) -> None:
+    p.grad = view
+
+
+def _set_data(p: torch.Tensor, view: torch.Tensor) -> None:
+    p.data = view
 
 
 def _tensors_in(obj):

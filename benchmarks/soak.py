@@ -85,8 +85,7 @@ def _worker(rank, world, algorithm, args, net):
     gloo = dist.new_group(backend="gloo")
     model = _tiny_model(args.seed) if args.model == "tiny" else build_model(args.model, seed=args.seed)
     make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9)  # noqa: E731
-    model, opt, after_step = _wrap(algorithm, model, gloo, make_opt, 0, rank, world, net, args.adam_lr,
-                                   args.adam_warmup_steps, args.bucket_cap_mb)
+    model, opt, after_step = _wrap(algorithm, model, gloo, make_opt, 0, rank, world, net, args, args.bucket_cap_mb)
     task = _TinyTask(rank, args.batch_size, args.seed) if args.model == "tiny" else SyntheticTask(
         args.model, rank, args.batch_size, seed=args.seed)
     steps, rss = [], []
@@ -106,10 +105,10 @@ def _worker(rank, world, algorithm, args, net):
 
 
 def run(args) -> list[dict]:
-    names = [a.strip() for a in args.algorithms.split(",") if a.strip()] if args.algorithms else (
+    names = bagua_ravnest.split_algorithm_specs(args.algorithms) if args.algorithms else (
         ["ddp"] + list(bagua_ravnest.algorithm_names()))
     for name in names:
-        base = name.split(":")[0]
+        base, _ = bagua_ravnest.parse_algorithm_spec(name)
         if base not in BASELINES and base not in bagua_ravnest.algorithm_names():
             raise SystemExit(f"unknown algorithm {name!r}; choose from ddp or "
                              f"{', '.join(bagua_ravnest.algorithm_names())}")

@@ -68,25 +68,10 @@ LOCALSGD_PERIOD = 4
 SMOOTHING = 5  # steps in the final loss and in the loss that decides time to target
 
 
-def _composed(spec: str) -> bool:
-    """A spec built from parts (codec=...,exchange=...) starts with a key."""
-    first = next((c for c in spec if c in ":,="), "")
-    return first == "="
-
-
 def split_algorithms(text: str) -> list[str]:
     """'a,b:x=1,y=2,c' -> ['a', 'b:x=1,y=2', 'c'] (an option continues its spec);
     'ddp,codec=fp16,exchange=allreduce' -> ['ddp', 'codec=fp16,exchange=allreduce']."""
-    out: list[str] = []
-    for token in (t.strip() for t in text.split(",")):
-        if not token:
-            continue
-        continues = "=" in token and ":" not in token.split("=", 1)[0]
-        if continues and out and (":" in out[-1] or _composed(out[-1])):
-            out[-1] += "," + token
-        else:
-            out.append(token)
-    return out
+    return bagua_ravnest.split_algorithm_specs(text)
 
 
 _horovod_server = None  # rank 0's rendezvous server, alive as long as the process
@@ -136,30 +121,66 @@ def _init_horovod(rank: int, world: int, gloo, net):
     return hvd
 
 
-ADAM_ALGORITHMS = ("qadam", "onebit_adam")
+# How this benchmark configures an algorithm's own optimizer (the class its
+# registry entry names): QAdamOptimizer is Adam at --adam-lr with an exact
+# warm-up of --adam-warmup-steps.
+OWN_OPTIMIZERS = {
+    "QAdamOptimizer": lambda args: dict(lr=args.adam_lr, warmup_steps=args.adam_warmup_steps),
+}
+
+
+def own_optimizer(algorithm: str) -> str:
+    """The bagua_ravnest optimizer class `algorithm` trains with ('' for the
+    benchmark's SGD): its registry entry says."""
+    name, _ = bagua_ravnest.parse_algorithm_spec(algorithm)
+    if not name or name not in bagua_ravnest.algorithm_names():
+        return ""
+    return bagua_ravnest.describe_algorithm(name)["optimizer"]
 
 
 def uses_adam(algorithm: str) -> bool:
     """Whether `algorithm` trains with Adam (ddp_adam, and the algorithms that
     run bagua_ravnest.QAdamOptimizer) rather than SGD."""
-    return algorithm == "ddp_adam" or algorithm.split(":")[0] in ADAM_ALGORITHMS
+    return algorithm == "ddp_adam" or own_optimizer(algorithm) == "QAdamOptimizer"
 
 
-def _adam_precondition(algorithm: str) -> bool:
-    """qadam's and onebit_adam's hyperparameters live in their optimizer
-    (--adam-lr, --adam-warmup-steps); the one option their name may carry is
-    precondition."""
-    name, _, rest = algorithm.partition(":")
-    options = dict(kv.partition("=")[::2] for kv in rest.split(",")) if rest else {}
-    value = options.pop("precondition", "false").lower()
-    if options or value not in ("true", "false"):
-        raise ValueError(f"{algorithm!r}: {name} takes only precondition=true|false here; --adam-lr and "
-                         f"--adam-warmup-steps set the rest")
-    return value == "true"
+def _option_value(text: str):
+    """A canonical option value ('true', '4', '0.9') as Python's."""
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def make_own_optimizer(algorithm: str, params, args):
+    """`algorithm`'s own optimizer over `params`: the benchmark's settings
+    (OWN_OPTIMIZERS), then the options the spec names, which belong to the
+    optimizer (it writes the algorithm's spec from them). Returns it and the
+    bare algorithm name to wrap with."""
+    cls_name = own_optimizer(algorithm)
+    name, given = bagua_ravnest.parse_algorithm_spec(algorithm)
+    # The registry checks the options and writes their values canonically
+    # ('yes' -> 'true'); only the ones given override the benchmark's.
+    world = args.world_size
+    try:
+        _, canonical = bagua_ravnest.parse_algorithm_spec(
+            bagua_ravnest._C.canonical_spec(algorithm, 0, world, [0] * world))
+    except RuntimeError as e:
+        raise ValueError(str(e)) from e
+    kwargs = OWN_OPTIMIZERS[cls_name](args) if cls_name in OWN_OPTIMIZERS else {}
+    kwargs.update({k: _option_value(canonical.get(k, v)) for k, v in given.items()})
+    try:
+        return getattr(bagua_ravnest, cls_name)(params, **kwargs), name
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{algorithm!r}: its options go to bagua_ravnest.{cls_name}, which refuses them: {e}") from e
 
 
 def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_steps: int, rank: int, world: int, net,
-          adam_lr: float, adam_warmup: int, bucket_cap_mb: float | None = None):
+          args, bucket_cap_mb: float | None = None):
     """The model as trained by `algorithm`, its optimizer, and a function to
     call after each optimizer step (model averaging for local SGD)."""
     after_step = lambda: None  # noqa: E731
@@ -181,7 +202,7 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
         if algorithm == "ddp_adam":
             # Exact Adam, the yardstick of qadam and onebit_adam: their
             # learning rate and torch's default betas and eps, as theirs.
-            return model, torch.optim.Adam(model.parameters(), lr=adam_lr), after_step
+            return model, torch.optim.Adam(model.parameters(), lr=args.adam_lr), after_step
         if algorithm == "ddp_fp16":
             model.register_comm_hook(gloo, default_hooks.fp16_compress_hook)
         elif algorithm == "ddp_powersgd":
@@ -202,13 +223,12 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
         elif algorithm != "ddp":
             raise ValueError(f"unknown baseline {algorithm!r}")
         return model, optimizer_factory(model), after_step
-    name = algorithm.split(":", 1)[0]
     cap = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
-    if name in ADAM_ALGORITHMS:
-        # An optimizer as much as an exchange: Adam, exact for the warm-up
-        # steps, then with compressed momenta.
-        opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=adam_lr, warmup_steps=adam_warmup,
-                                           precondition=_adam_precondition(algorithm))
+    if own_optimizer(algorithm):
+        # An optimizer as much as an exchange (qadam's Adam, exact for the
+        # warm-up steps, then with compressed momenta): the optimizer holds
+        # the options and writes the spec.
+        opt, name = make_own_optimizer(algorithm, model.parameters(), args)
         return bagua_ravnest.DistributedDataParallel(model, algorithm=name, optimizer=opt, **cap), opt, after_step
     opt = optimizer_factory(model)
     return bagua_ravnest.DistributedDataParallel(model, algorithm=algorithm, optimizer=opt, **cap), opt, after_step
@@ -223,8 +243,7 @@ class _Trainer:
         model = build_model(args.model, seed=args.seed)
         make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9)  # noqa: E731
         self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps, rank, world,
-                                                      net, args.adam_lr, args.adam_warmup_steps,
-                                                      args.bucket_cap_mb)
+                                                      net, args, args.bucket_cap_mb)
         self.task = make_task(args.model, rank, args.batch_size, seed=args.seed)
         self.held_out_set = self.task.held_out()
         # (step, training seconds so far, held-out loss), every --eval-every steps and at the end.
@@ -241,7 +260,7 @@ class _Trainer:
         # buffers): it is their compressed regime's first step, as step 0 is
         # every algorithm's. At least one compressed step stays timed.
         self.skip = args.warmup_steps
-        if algorithm.split(":")[0] in ADAM_ALGORITHMS and args.adam_warmup_steps < args.steps:
+        if uses_adam(algorithm) and algorithm != "ddp_adam" and args.adam_warmup_steps < args.steps:
             self.skip = max(self.skip, min(args.adam_warmup_steps + 1, args.steps - 1))
 
     def run(self, steps: int, progress=None) -> None:
@@ -370,22 +389,21 @@ def _worker(rank, world, algorithms, args, net):
 def run(args) -> list[dict]:
     algorithms = split_algorithms(args.algorithms)
     for a in algorithms:
-        if _composed(a):
-            try:
-                bagua_ravnest._C.canonical_spec(a, 0, args.world_size, [0] * args.world_size)
-            except RuntimeError as e:
-                raise SystemExit(f"algorithm {a!r}: {e}") from e
+        name, _ = bagua_ravnest.parse_algorithm_spec(a)
+        if name in BASELINES:
             continue
-        name = a.split(":")[0]
-        if name not in BASELINES and name not in bagua_ravnest.algorithm_names():
+        if name and name not in bagua_ravnest.algorithm_names():
             raise SystemExit(
                 f"unknown algorithm {name!r}; choose from {', '.join(BASELINES + tuple(bagua_ravnest.algorithm_names()))}"
             )
-        if name in ADAM_ALGORITHMS:
-            try:
-                _adam_precondition(a)
-            except ValueError as e:
-                raise SystemExit(str(e)) from e
+        try:
+            if own_optimizer(a):
+                opt, bare = make_own_optimizer(a, [torch.zeros(1, requires_grad=True)], args)
+                bagua_ravnest._C.canonical_spec(opt.algorithm_spec(bare), 0, args.world_size, [0] * args.world_size)
+            else:
+                bagua_ravnest._C.canonical_spec(a, 0, args.world_size, [0] * args.world_size)
+        except (RuntimeError, ValueError) as e:
+            raise SystemExit(f"algorithm {a!r}: {e}") from e
     # Horovod's background thread cycles all the time once initialised, and
     # on a busy CPU it slows whatever else the process runs (measured: a
     # onebit_adam step 269 -> 330 ms with Horovod beside it). So Horovod

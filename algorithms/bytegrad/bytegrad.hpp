@@ -20,7 +20,7 @@ class Bytegrad final : public Algorithm {
   Bytegrad(std::string spec, CodecPtr codec, int world_size, std::optional<HostLayout> hosts);
 
   std::string spec() const override;
-  void init_operations(const BucketView& bucket) override;
+  void init_operations(const BucketView& bucket, StepContext& ctx) override;
   void on_bucket_ready(const BucketView& bucket, StepContext& ctx) override;
   bool buckets_may_overlap() const override { return true; }
 

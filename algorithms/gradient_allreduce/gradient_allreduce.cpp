@@ -26,9 +26,9 @@ void GradientAllreduce::on_bucket_ready(const BucketView& b, StepContext& ctx) {
   if (options_.hierarchical) {
     // Leaders' exchange always uses our ring: the inner backend's collectives
     // span every rank and cannot be restricted to the leaders.
-    hierarchical_allreduce(ctx.comm, *hosts_, b.data, b.count, b.dtype, ReduceOp::Avg, ctx.tag, options_.ring);
+    hierarchical_allreduce(ctx.comm, *hosts_, b.data, b.count, b.dtype, ReduceOp::Avg, ctx.tags[0], options_.ring);
   } else if (options_.allreduce == AllreduceImpl::Ring) {
-    ring_allreduce(ctx.comm, ring_, b.data, b.count, b.dtype, ReduceOp::Avg, ctx.tag, options_.ring);
+    ring_allreduce(ctx.comm, ring_, b.data, b.count, b.dtype, ReduceOp::Avg, ctx.tags[0], options_.ring);
   } else {
     ctx.comm.allreduce(b.data, b.count, b.dtype, ReduceOp::Avg)->wait(ctx.comm.timeout());
   }
@@ -54,7 +54,8 @@ void register_gradient_allreduce(AlgorithmRegistry& registry) {
               hosts = HostLayout::from_host_keys(world.host_keys);
             }
             return std::make_unique<GradientAllreduce>(opts, world.size, std::move(hosts));
-          }});
+          },
+          /*optimizer=*/""});
 }
 
 }  // namespace bagua

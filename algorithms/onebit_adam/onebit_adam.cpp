@@ -38,7 +38,8 @@ void register_onebit_adam(AlgorithmRegistry& registry) {
                      defaults.error_feedback = true;
                      defaults.block_elems = kOnebitBlockElems;
                      return std::make_unique<QAdam>(parse_qadam_options(o, defaults), world.rank, world.size);
-                   }});
+                   },
+                   "QAdamOptimizer"});
 }
 
 }  // namespace bagua

@@ -3,58 +3,15 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <numeric>
 
-#include "algorithms/registry.hpp"
+#include "algorithms/qadam/adam_math.hpp"
 #include "collectives/compressed_allreduce.hpp"
 #include "collectives/ring_allreduce.hpp"
 #include "core/error.hpp"
 
 namespace bagua {
-
-namespace {
-
-// torch's lerp: start + w (end - start) for w < 0.5, else
-// end - (end - start)(1 - w). `body` gets the formula for this weight, so
-// that every loop using it is one branch-free, vectorizable pass.
-template <class Body>
-void with_lerp(float weight, Body&& body) {
-  if (weight < 0.5f) {
-    body([weight](float m, float g) { return m + weight * (g - m); });
-  } else {
-    const float rest = 1.0f - weight;
-    body([rest](float m, float g) { return g - (g - m) * rest; });
-  }
-}
-
-// v = fma((1 - beta2) g, g, beta2 v): the rounding of torch's
-// exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2) on its vectorized
-// CPU path, so that this variance, and the denominators derived from it,
-// equal the optimizer's bit for bit. fma is exact wherever it runs; the FMA
-// unit (a clone picked at load time) only makes it fast.
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target_clones("fma", "default")))
-#endif
-void accumulate_square(float* v, const float* g, std::size_t n, float decay, float fresh) {
-  for (std::size_t k = 0; k < n; ++k) v[k] = std::fma(fresh * g[k], g[k], v[k] * decay);
-}
-
-// True when every value is finite: one branch-free pass (NaN compares false).
-bool all_finite(const float* v, std::size_t n) {
-  bool ok = true;
-  for (std::size_t k = 0; k < n; ++k) ok &= std::abs(v[k]) <= std::numeric_limits<float>::max();
-  return ok;
-}
-
-}  // namespace
-
-void lerp_momentum(float* m, const float* g, std::size_t n, float weight) {
-  with_lerp(weight, [&](auto lerp) {
-    for (std::size_t i = 0; i < n; ++i) m[i] = lerp(m[i], g[i]);
-  });
-}
 
 QAdam::QAdam(QAdamOptions options, int rank, int world_size)
     : options_(std::move(options)),
@@ -88,7 +45,7 @@ std::string QAdam::spec() const {
   return fmt::format("{}:beta1={},warmup_steps={}", options_.name, options_.beta1, options_.warmup_steps);
 }
 
-void QAdam::init_operations(const BucketView& b) {
+void QAdam::init_operations(const BucketView& b, StepContext& /*ctx*/) {
   if (b.dtype != DType::F32) {
     throw InvalidArgument(fmt::format("{} keeps fp32 momenta; bucket {} holds {} (keep the parameters in fp32)",
                                       options_.name, b.index, dtype_name(b.dtype)));
@@ -123,7 +80,7 @@ void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
   const auto weight = static_cast<float>(1.0 - options_.beta1);
   if (ctx.step < options_.warmup_steps) {
     // Warm-up: exact average; the momentum follows Adam's exp_avg.
-    ring_allreduce(ctx.comm, ring_, g, b.count, DType::F32, ReduceOp::Avg, ctx.tag);
+    ring_allreduce(ctx.comm, ring_, g, b.count, DType::F32, ReduceOp::Avg, ctx.tags[0]);
     lerp_momentum(m.data(), g, b.count, weight);
     check_finite(all_finite(m.data(), b.count), b, ctx);
     if (options_.precondition) {
@@ -143,9 +100,9 @@ void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
   }
   if (options_.error_feedback) {
     const ErrorFeedbackBuffers fb{&worker_residuals_.at(b.index), &server_residuals_.at(b.index)};
-    compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag, &fb);
+    compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tags[0], &fb);
   } else {
-    compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tag);
+    compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tags[0]);
   }
   // The copy into the gradient checks what it copies on the way, so a
   // diverged or NaN-fed run stops here, with its step, instead of
@@ -208,100 +165,6 @@ bool QAdam::multiply_into(std::size_t bucket, float* m, float* g, std::size_t n)
     finite &= std::abs(x) <= std::numeric_limits<float>::max();
   }
   return finite;
-}
-
-std::vector<std::pair<std::string, std::vector<float>*>> QAdam::state_vectors() {
-  std::vector<std::pair<std::string, std::vector<float>*>> out;
-  for (std::size_t i = 0; i < momenta_.size(); ++i) {
-    out.emplace_back(fmt::format("bucket{}.momentum", i), &momenta_[i]);
-    if (options_.precondition) out.emplace_back(fmt::format("bucket{}.variance", i), &variances_[i]);
-    if (options_.error_feedback) {
-      out.emplace_back(fmt::format("bucket{}.worker_residual", i), &worker_residuals_[i]);
-      out.emplace_back(fmt::format("bucket{}.server_residual", i), &server_residuals_[i]);
-    }
-  }
-  return out;
-}
-
-AlgorithmState QAdam::state_dict() const {
-  AlgorithmState out;
-  for (const auto& [key, v] : const_cast<QAdam*>(this)->state_vectors()) {
-    const auto* p = reinterpret_cast<const std::uint8_t*>(v->data());
-    out[key] = std::vector<std::uint8_t>(p, p + v->size() * sizeof(float));
-  }
-  return out;
-}
-
-void QAdam::load_state_dict(const AlgorithmState& state) {
-  const auto vectors = state_vectors();
-  // Everything is checked before anything is changed.
-  for (const auto& [key, v] : vectors) {
-    auto it = state.find(key);
-    if (it == state.end() || it->second.size() != v->size() * sizeof(float)) {
-      throw InvalidArgument(fmt::format(
-          "{}: the checkpoint has no {} of {} values (saved with another model, bucket_cap_mb or world size?)",
-          options_.name, key, v->size()));
-    }
-  }
-  if (state.size() != vectors.size()) {
-    throw InvalidArgument(fmt::format("{}: the checkpoint has {} entries, this model needs {}", options_.name,
-                                      state.size(), vectors.size()));
-  }
-  for (const auto& [key, v] : vectors) std::memcpy(v->data(), state.at(key).data(), v->size() * sizeof(float));
-  for (auto& d : denominators_) d.clear();  // derived from the variance just loaded
-}
-
-QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions opts) {
-  if (auto it = o.find("warmup_steps"); it != o.end()) {
-    try {
-      const long long w = std::stoll(it->second);
-      if (w < 0) throw std::invalid_argument("negative");
-      opts.warmup_steps = static_cast<std::uint64_t>(w);
-    } catch (const std::exception&) {
-      throw InvalidArgument(
-          fmt::format("{}: warmup_steps='{}' is not a non-negative integer", opts.name, it->second));
-    }
-  }
-  if (auto it = o.find("beta1"); it != o.end()) {
-    try {
-      opts.beta1 = std::stod(it->second);
-    } catch (const std::exception&) {
-      throw InvalidArgument(fmt::format("{}: beta1='{}' is not a number", opts.name, it->second));
-    }
-  }
-  opts.precondition = option_bool(o, "precondition", opts.precondition);
-  for (auto [key, target] : {std::pair{"beta2", &opts.beta2}, std::pair{"eps", &opts.eps}}) {
-    auto it = o.find(key);
-    if (it == o.end()) continue;
-    if (!opts.precondition) {
-      throw InvalidArgument(fmt::format("{}: {} is used only with precondition=true", opts.name, key));
-    }
-    try {
-      *target = std::stod(it->second);
-    } catch (const std::exception&) {
-      throw InvalidArgument(fmt::format("{}: {}='{}' is not a number", opts.name, key, it->second));
-    }
-  }
-  return opts;
-}
-
-std::map<std::string, std::string> qadam_option_docs() {
-  return {{"warmup_steps", "steps of exact Adam before compression starts (default 100)"},
-          {"beta1", "momentum decay, as the optimizer's betas[0] (default 0.9)"},
-          {"precondition", "true: compress the momentum divided by Adam's frozen denominator (default false)"},
-          {"beta2", "with precondition: the variance's decay, as the optimizer's betas[1] (default 0.999)"},
-          {"eps", "with precondition: as the optimizer's eps (default 1e-8)"}};
-}
-
-void register_qadam(AlgorithmRegistry& registry) {
-  registry.add("qadam",
-               AlgorithmEntry{
-                   "Adam with momenta averaged by an 8-bit compressed all-reduce after an exact warm-up "
-                   "(use with bagua_ravnest.QAdamOptimizer)",
-                   qadam_option_docs(),
-                   [](const AlgorithmOptions& o, const WorldInfo& world) -> std::unique_ptr<Algorithm> {
-                     return std::make_unique<QAdam>(parse_qadam_options(o, QAdamOptions{}), world.rank, world.size);
-                   }});
 }
 
 }  // namespace bagua

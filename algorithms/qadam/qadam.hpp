@@ -25,37 +25,18 @@
 #include <vector>
 
 #include "algorithms/algorithm.hpp"
-#include "algorithms/registry.hpp"
+#include "algorithms/qadam/qadam_options.hpp"
 #include "codec/codec.hpp"
 #include "topology/ring.hpp"
 
 namespace bagua {
-
-struct QAdamOptions {
-  std::string name = "qadam";
-  std::string codec = "minmax_uint8";
-  bool error_feedback = false;
-  // Values per codec header. Adam divides each momentum by its own sqrt(v),
-  // so the compression error must follow each region's own scale, not the
-  // range of a whole chunk (one chunk of a bucket mixes layers whose
-  // momenta differ by orders of magnitude). onebit_adam uses
-  // kOnebitBlockElems (algorithms/onebit_adam).
-  std::size_t block_elems = 4096;
-  std::uint64_t warmup_steps = 100;
-  // double, as Python passes it: the momentum weight 1 - beta1 is then
-  // rounded to fp32 once, like torch's lerp_(g, 1 - beta1) does.
-  double beta1 = 0.9;
-  bool precondition = false;
-  double beta2 = 0.999;  // with precondition: the variance's decay, as the optimizer's betas[1]
-  double eps = 1e-8;     // with precondition: as the optimizer's eps
-};
 
 class QAdam final : public Algorithm {
  public:
   QAdam(QAdamOptions options, int rank, int world_size);
 
   std::string spec() const override;
-  void init_operations(const BucketView& bucket) override;
+  void init_operations(const BucketView& bucket, StepContext& ctx) override;
   void on_bucket_ready(const BucketView& bucket, StepContext& ctx) override;
   bool buckets_may_overlap() const override { return true; }
   AlgorithmState state_dict() const override;
@@ -88,15 +69,5 @@ class QAdam final : public Algorithm {
   std::vector<std::vector<float>> worker_residuals_, server_residuals_;
 };
 
-// Reads warmup_steps, beta1, precondition, beta2 and eps from a spec's
-// options (shared by qadam and onebit_adam).
-QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions defaults);
-
-// The options both take, with their help text.
-std::map<std::string, std::string> qadam_option_docs();
-
-// m <- m + w (g - m), the way torch's lerp_ computes it (so the momentum
-// during warm-up is torch.optim.Adam's exp_avg to the last bit).
-void lerp_momentum(float* m, const float* g, std::size_t n, float weight);
 
 }  // namespace bagua

@@ -13,9 +13,9 @@
 
 #include "backend/ring_work.hpp"
 #include "collectives/ring_allreduce.hpp"
-#include "comm/c10d_communicator.hpp"
+#include "backend/c10d_communicator.hpp"
 #include "comm/hybrid_communicator.hpp"
-#include "engine/comm_thread.hpp"
+#include "comm/comm_thread.hpp"
 
 namespace bagua {
 

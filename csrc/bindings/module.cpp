@@ -13,12 +13,11 @@
 #include "algorithms/registry.hpp"
 #include "backend/process_group_bagua.hpp"
 #include "backend/scalar_type.hpp"
-#include "comm/c10d_communicator.hpp"
+#include "backend/c10d_communicator.hpp"
 #include "codec/codec.hpp"
 #include "codec/cuda/cuda_codec.hpp"
 #include "comm/shm_transport.hpp"
 #include "core/error.hpp"
-#include "engine/bucket_plan.hpp"
 #include "engine/engine.hpp"
 
 namespace py = pybind11;
@@ -30,6 +29,13 @@ DType dtype_of(const at::Tensor& t) {
   auto d = to_dtype(t.scalar_type());
   if (!d) throw InvalidArgument(fmt::format("dtype {} is not supported for buckets", c10::toString(t.scalar_type())));
   return *d;
+}
+
+BucketRole role_of(const std::string& name) {
+  for (BucketRole r : {BucketRole::Gradients, BucketRole::Weights}) {
+    if (name == role_name(r)) return r;
+  }
+  throw InvalidArgument(fmt::format("bucket role '{}' is not one of gradients, weights", name));
 }
 
 std::chrono::milliseconds to_ms(double seconds) {
@@ -182,8 +188,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("algorithm_names", [] { return AlgorithmRegistry::instance().names(); });
   m.def("algorithm_info", [](const std::string& name) {
     const auto& e = AlgorithmRegistry::instance().entry(name);
-    return py::make_tuple(e.summary, e.options);
+    return py::make_tuple(e.summary, e.options, e.optimizer);
   });
+  m.def("parse_algorithm_spec", &parse_algorithm_spec, py::arg("spec"),
+        "(name, options) of a spec; a composed spec has the name ''.");
+  m.def("split_algorithm_specs", &split_algorithm_specs, py::arg("text"),
+        "A comma-separated list of specs, split where one spec ends and the next begins.");
   m.def(
       "canonical_spec",
       [](const std::string& spec, int rank, int size, std::vector<long long> host_keys) {
@@ -192,16 +202,6 @@ PYBIND11_MODULE(_C, m) {
       py::arg("spec"), py::arg("rank"), py::arg("size"), py::arg("host_keys"),
       "Builds the algorithm to validate `spec`; returns its canonical form.");
 
-  m.def(
-      "plan_buckets",
-      [](const std::vector<at::Tensor>& tensors, double cap_mb, double first_cap_mb) {
-        std::vector<TensorInfo> infos;
-        for (const auto& t : tensors) infos.push_back({static_cast<std::size_t>(t.numel()), dtype_of(t)});
-        if (!(cap_mb > 0) || !(first_cap_mb > 0)) throw InvalidArgument("bucket_cap_mb must be positive");
-        return plan_buckets(infos, {static_cast<std::size_t>(cap_mb * (1 << 20)),
-                                    static_cast<std::size_t>(first_cap_mb * (1 << 20))});
-      },
-      py::arg("tensors"), py::arg("cap_mb"), py::arg("first_cap_mb"));
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
       .def(py::init([](std::shared_ptr<Communicator> comm, const std::string& spec, std::vector<long long> host_keys,
@@ -214,9 +214,27 @@ PYBIND11_MODULE(_C, m) {
            py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"), py::arg("lanes") = 2)
       .def_property_readonly("spec", [](Engine& e) { return e.algorithm().spec(); })
       .def_property("step", &Engine::step, &Engine::set_step)
+      .def("bucket_roles",
+           [](const Engine& e) {
+             std::vector<std::string> out;
+             for (BucketRole r : e.bucket_roles()) out.push_back(role_name(r));
+             return out;
+           })
+      .def(
+          "plan",
+          [](Engine& e, const std::string& role, const std::vector<at::Tensor>& tensors, double cap_mb,
+             double first_cap_mb) {
+            std::vector<TensorInfo> infos;
+            for (const auto& t : tensors) infos.push_back({static_cast<std::size_t>(t.numel()), dtype_of(t)});
+            if (!(cap_mb > 0) || !(first_cap_mb > 0)) throw InvalidArgument("bucket_cap_mb must be positive");
+            return e.plan(role_of(role), infos,
+                          {static_cast<std::size_t>(cap_mb * (1 << 20)), static_cast<std::size_t>(first_cap_mb * (1 << 20))});
+          },
+          py::arg("role"), py::arg("tensors"), py::arg("cap_mb"), py::arg("first_cap_mb"),
+          "The algorithm's buckets of `role` (tensor indices per bucket), or DDP's rule.")
       .def(
           "set_buckets",
-          [](Engine& e, const std::vector<std::pair<at::Tensor, std::vector<std::size_t>>>& buckets,
+          [](Engine& e, const std::string& role, const std::vector<std::pair<at::Tensor, std::vector<std::size_t>>>& buckets,
              std::size_t num_tensors) {
             std::vector<BucketSpec> specs;
             for (const auto& [t, members] : buckets) {
@@ -227,14 +245,19 @@ PYBIND11_MODULE(_C, m) {
               specs.push_back({t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype_of(t), members,
                                std::make_shared<at::Tensor>(t)});
             }
-            e.set_buckets(std::move(specs), num_tensors);
+            e.set_buckets(role_of(role), std::move(specs), num_tensors);
           },
-          py::arg("buckets"), py::arg("num_tensors"))
+          py::arg("role"), py::arg("buckets"), py::arg("num_tensors"))
+      .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
+      .def("stop", &Engine::stop, py::call_guard<py::gil_scoped_release>())
+      .def("need_reset", &Engine::need_reset)
+      .def("control", &Engine::control, py::arg("name"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("controls", &Engine::controls)
       .def("mark_ready", &Engine::mark_ready, py::arg("index"))
       .def("unready_tensors", &Engine::unready_tensors)
       .def("wait_all", &Engine::wait_all, py::call_guard<py::gil_scoped_release>())
-      .def("forward_pre_hook", &Engine::forward_pre_hook)
-      .def("post_optimizer_step_hook", &Engine::post_optimizer_step_hook)
+      .def("forward_pre_hook", &Engine::forward_pre_hook, py::call_guard<py::gil_scoped_release>())
+      .def("post_optimizer_step_hook", &Engine::post_optimizer_step_hook, py::call_guard<py::gil_scoped_release>())
       .def("state_dict",
            [](Engine& e) {
              py::dict out;

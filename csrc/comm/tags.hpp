@@ -12,8 +12,12 @@ constexpr Tag kUserLimit = 1u << 24;
 constexpr Tag kEngineBase = 1u << 24;
 // The backend's ring all-reduce: [2^25, 2^25 + 2^24).
 constexpr Tag kBackendBase = 2u << 24;
-// Each range wraps around after this many operations; operations that far
-// apart are never in flight together.
+// An algorithm's own thread (a background loop): [3 * 2^24, 4 * 2^24).
+constexpr Tag kAlgorithmThreadBase = 3u << 24;
+// Each range wraps around after this many tags; operations that far apart
+// are never in flight together.
 constexpr Tag kSpan = 1u << 24;
+// Tags per operation of an engine or an algorithm's thread (TagSource).
+constexpr Tag kPerOperation = 16;
 
 }  // namespace bagua::tags

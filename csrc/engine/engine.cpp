@@ -1,39 +1,119 @@
 #include "engine/engine.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
 
 #include "comm/tags.hpp"
 #include "core/error.hpp"
+#include "engine/bucket_plan.hpp"
 
 namespace bagua {
+namespace {
+
+std::vector<BucketView> views_of(BucketRole role, const std::vector<BucketSpec>& buckets) {
+  std::vector<BucketView> out;
+  for (std::size_t b = 0; b < buckets.size(); ++b) {
+    out.push_back({static_cast<int>(b), role, buckets[b].data, buckets[b].count, buckets[b].dtype});
+  }
+  return out;
+}
+
+}  // namespace
+
 Engine::Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout,
                int lanes)
-    : comm_(std::move(comm)), algorithm_(std::move(algorithm)), timeout_(timeout) {
+    : comm_(std::move(comm)),
+      algorithm_(std::move(algorithm)),
+      timeout_(timeout),
+      gradient_views_(std::make_shared<std::vector<BucketView>>()),
+      weight_views_(std::make_shared<std::vector<BucketView>>()),
+      tags_(tags::kEngineBase, tags::kSpan, tags::kPerOperation) {
   if (!comm_ || !algorithm_) throw InvalidArgument("Engine needs a communicator and an algorithm");
   if (lanes < 1 || lanes > 16) throw InvalidArgument(fmt::format("lanes must be in [1, 16], got {}", lanes));
   watchdog_ = std::make_shared<Watchdog>(comm_->rank());
   for (int i = 0; i < lanes; ++i) lanes_.push_back(std::make_unique<CommThread>());
 }
 
-void Engine::set_buckets(std::vector<BucketSpec> buckets, std::size_t num_tensors) {
-  std::lock_guard lock(mu_);
+Engine::~Engine() {
+  try {
+    stop();
+  } catch (...) {
+    // A destructor cannot report; stop() bounds the wait either way.
+  }
+}
+
+std::vector<BucketRole> Engine::bucket_roles() const { return algorithm_->bucket_roles(); }
+
+std::vector<std::vector<std::size_t>> Engine::plan(BucketRole role, const std::vector<TensorInfo>& tensors,
+                                                   const BucketingOptions& options) {
+  auto own = algorithm_->tensors_to_buckets(role, tensors, options);
+  if (!own) return plan_buckets(tensors, options);
+  // An algorithm's plan is checked like a user's input: each tensor once,
+  // one dtype per bucket.
+  std::vector<bool> seen(tensors.size(), false);
+  for (const auto& bucket : *own) {
+    if (bucket.empty()) throw InvalidArgument(fmt::format("{}: its {} plan has an empty bucket", algorithm_->spec(), role_name(role)));
+    for (std::size_t t : bucket) {
+      if (t >= tensors.size() || seen[t] || tensors[t].dtype != tensors[bucket.front()].dtype) {
+        throw InvalidArgument(fmt::format("{}: its {} plan places tensor {} wrongly (out of range, twice, or with "
+                                          "another dtype)", algorithm_->spec(), role_name(role), t));
+      }
+      seen[t] = true;
+    }
+  }
+  if (std::find(seen.begin(), seen.end(), false) != seen.end()) {
+    throw InvalidArgument(fmt::format("{}: its {} plan leaves tensors out", algorithm_->spec(), role_name(role)));
+  }
+  return *own;
+}
+
+void Engine::set_buckets(BucketRole role, std::vector<BucketSpec> buckets, std::size_t num_tensors) {
+  std::unique_lock lock(mu_);
   if (!watchdog_->idle()) throw Error("set_buckets called while bucket operations are in flight");
-  bucket_of_.assign(num_tensors, -1);
+  std::vector<int> owner(num_tensors, -1);
   for (std::size_t b = 0; b < buckets.size(); ++b) {
     for (std::size_t t : buckets[b].tensors) {
       if (t >= num_tensors) throw InvalidArgument(fmt::format("bucket {} names tensor {} of {}", b, t, num_tensors));
-      if (bucket_of_[t] != -1) throw InvalidArgument(fmt::format("tensor {} is in two buckets", t));
-      bucket_of_[t] = static_cast<int>(b);
+      if (owner[t] != -1) throw InvalidArgument(fmt::format("tensor {} is in two buckets", t));
+      owner[t] = static_cast<int>(b);
     }
   }
-  buckets_ = std::move(buckets);
-  for (std::size_t b = 0; b < buckets_.size(); ++b) {
-    algorithm_->init_operations(BucketView{static_cast<int>(b), buckets_[b].data, buckets_[b].count, buckets_[b].dtype});
+  auto views = std::make_shared<const std::vector<BucketView>>(views_of(role, buckets));
+  if (role == BucketRole::Weights) {
+    weight_buckets_ = std::move(buckets);
+    weight_views_ = views;
+  } else {
+    buckets_ = std::move(buckets);
+    gradient_views_ = views;
+    bucket_of_ = std::move(owner);
+    ready_.assign(num_tensors, false);
+    pending_.clear();
+    for (const auto& b : buckets_) pending_.push_back(b.tensors.size());
+    next_launch_ = 0;
   }
-  ready_.assign(num_tensors, false);
-  pending_.clear();
-  for (const auto& b : buckets_) pending_.push_back(b.tensors.size());
-  next_launch_ = 0;
+  lock.unlock();
+  for (const auto& view : *views) {
+    call_hook([&](StepContext& ctx) { algorithm_->init_operations(view, ctx); });
+  }
+}
+
+void Engine::start() {
+  std::lock_guard lock(mu_);
+  if (started_) return;
+  started_ = true;
+  algorithm_->start(ThreadContext{comm_, TagSource(tags::kAlgorithmThreadBase, tags::kSpan, tags::kPerOperation),
+                                  timeout_});
+}
+
+void Engine::stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (!started_ || stopped_) return;
+    stopped_ = true;
+  }
+  algorithm_->stop(timeout_);
 }
 
 void Engine::mark_ready(std::size_t index) {
@@ -62,18 +142,18 @@ std::vector<std::size_t> Engine::unready_tensors() const {
 
 void Engine::launch(std::size_t b) {
   const BucketSpec& spec = buckets_[b];
-  const BucketView view{static_cast<int>(b), spec.data, spec.count, spec.dtype};
-  const Tag tag = tags::kEngineBase + (op_seq_++ % tags::kSpan);
+  const BucketView view = (*gradient_views_)[b];
+  const TagBlock tags = tags_.next();
   const std::size_t ticket = watchdog_->add(fmt::format(
       "{} on bucket {} ({} x {}, step {})", algorithm_->spec(), b, spec.count, dtype_name(spec.dtype), step_));
   const std::size_t lanes = algorithm_->buckets_may_overlap() ? lanes_.size() : 1;
   lanes_[b % lanes]->submit(
-      [comm = comm_, algorithm = algorithm_, watchdog = watchdog_, owner = spec.owner, view, tag, ticket,
-       step = step_] {
+      [comm = comm_, algorithm = algorithm_, watchdog = watchdog_, owner = spec.owner, grads = gradient_views_,
+       weights = weight_views_, view, tags, ticket, step = step_] {
         watchdog->started(ticket);
         std::exception_ptr error;
         try {
-          StepContext ctx{*comm, step, tag};
+          StepContext ctx{*comm, step, tags, *grads, *weights, {}};
           algorithm->on_bucket_ready(view, ctx);
         } catch (...) {
           error = std::current_exception();
@@ -86,6 +166,51 @@ void Engine::launch(std::size_t b) {
       });
 }
 
+void Engine::launch_job(std::string label, std::function<void(StepContext&)> job) {
+  std::lock_guard lock(mu_);
+  const TagBlock tags = tags_.next();
+  const std::size_t ticket = watchdog_->add(fmt::format("{}: {} (step {})", algorithm_->spec(), label, step_));
+  // The job keeps the algorithm (it usually captured `this` of it) and
+  // every bucket (it may touch any) alive.
+  std::vector<std::shared_ptr<void>> owners;
+  for (const auto* set : {&buckets_, &weight_buckets_}) {
+    for (const auto& b : *set) owners.push_back(b.owner);
+  }
+  lanes_[0]->submit(
+      [comm = comm_, algorithm = algorithm_, watchdog = watchdog_, owners = std::move(owners), grads = gradient_views_,
+       weights = weight_views_, job = std::move(job), tags, ticket, step = step_] {
+        watchdog->started(ticket);
+        std::exception_ptr error;
+        try {
+          StepContext ctx{*comm, step, tags, *grads, *weights, {}};
+          job(ctx);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        watchdog->finished(ticket, error);
+      },
+      [watchdog = watchdog_, ticket, label] {
+        watchdog->finished(ticket, std::make_exception_ptr(Error(fmt::format(
+                                       "{}: the engine was destroyed before it ran", label))));
+      });
+}
+
+void Engine::call_hook(const std::function<void(StepContext&)>& hook) {
+  std::shared_ptr<const std::vector<BucketView>> grads, weights;
+  TagBlock tags(0, 0);
+  {
+    std::lock_guard lock(mu_);
+    grads = gradient_views_;
+    weights = weight_views_;
+    tags = tags_.next();
+  }
+  StepContext ctx{*comm_, step_, tags, *grads, *weights,
+                  [this](std::string label, std::function<void(StepContext&)> job) {
+                    launch_job(std::move(label), std::move(job));
+                  }};
+  hook(ctx);
+}
+
 void Engine::wait_all() {
   {
     std::lock_guard lock(mu_);
@@ -95,18 +220,31 @@ void Engine::wait_all() {
     }
   }
   watchdog_->wait_all(timeout_);
-  algorithm_->post_backward_hook(step_);
+  call_hook([&](StepContext& ctx) { algorithm_->post_backward_hook(ctx); });
   std::lock_guard lock(mu_);
   ready_.assign(ready_.size(), false);
   for (std::size_t b = 0; b < buckets_.size(); ++b) pending_[b] = buckets_[b].tensors.size();
   next_launch_ = 0;
 }
 
-void Engine::forward_pre_hook() { algorithm_->forward_pre_hook(step_); }
+void Engine::forward_pre_hook() {
+  call_hook([&](StepContext& ctx) { algorithm_->forward_pre_hook(ctx); });
+}
 
 void Engine::post_optimizer_step_hook() {
-  algorithm_->post_optimizer_step_hook(step_);
+  call_hook([&](StepContext& ctx) { algorithm_->post_optimizer_step_hook(ctx); });
   ++step_;
+}
+
+bool Engine::need_reset() { return algorithm_->need_reset(step_); }
+
+void Engine::control(const std::string& name) {
+  const auto names = algorithm_->controls();
+  if (std::find(names.begin(), names.end(), name) == names.end()) {
+    throw InvalidArgument(fmt::format("{} has no control '{}'; its controls: {}", algorithm_->spec(), name,
+                                      names.empty() ? std::string("(none)") : fmt::format("{}", fmt::join(names, ", "))));
+  }
+  call_hook([&](StepContext& ctx) { algorithm_->control(name, ctx); });
 }
 
 }  // namespace bagua

@@ -1,6 +1,9 @@
-// The bucket engine: knows which tensors form which flat bucket, counts
-// ready tensors as autograd produces them, and hands each complete bucket to
-// the algorithm on the communication thread, in bucket order on every rank.
+// The bucket engine: knows which tensors form which flat bucket of each
+// role, counts ready gradients as autograd produces them, and hands each
+// complete gradient bucket to the algorithm on the communication thread, in
+// bucket order on every rank. It calls the algorithm's other hooks with the
+// same context (communicator, step, tags, buckets, a way to launch work),
+// and starts and stops the algorithm's own thread.
 #pragma once
 
 #include <memory>
@@ -8,8 +11,9 @@
 #include <vector>
 
 #include "algorithms/algorithm.hpp"
+#include "comm/comm_thread.hpp"
 #include "comm/communicator.hpp"
-#include "engine/comm_thread.hpp"
+#include "comm/tag_source.hpp"
 #include "engine/watchdog.hpp"
 
 namespace bagua {
@@ -36,8 +40,22 @@ class Engine {
   // issued in different orders on different ranks.
   Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout,
          int lanes = 2);
+  // Stops the algorithm's thread (within the timeout).
+  ~Engine();
 
-  void set_buckets(std::vector<BucketSpec> buckets, std::size_t num_tensors);
+  // The roles the algorithm wants buckets of, and its plan for one (DDP's
+  // rule unless it has its own).
+  std::vector<BucketRole> bucket_roles() const;
+  std::vector<std::vector<std::size_t>> plan(BucketRole role, const std::vector<TensorInfo>& tensors,
+                                             const BucketingOptions& options);
+  void set_buckets(BucketRole role, std::vector<BucketSpec> buckets, std::size_t num_tensors);
+  void set_buckets(std::vector<BucketSpec> buckets, std::size_t num_tensors) {
+    set_buckets(BucketRole::Gradients, std::move(buckets), num_tensors);
+  }
+  // Once the buckets are set: the algorithm may start its thread.
+  void start();
+  // Stops the algorithm's thread; idempotent (the destructor calls it too).
+  void stop();
 
   // From autograd: tensor `index` has its gradient. Launches every bucket
   // that is complete and whose predecessors have all been launched.
@@ -47,11 +65,18 @@ class Engine {
   std::vector<std::size_t> unready_tensors() const;
 
   // End of backward: waits for all launched operations (bounded by the
-  // timeout), then resets the per-iteration state.
+  // timeout), runs the post-backward hook, then resets the per-iteration
+  // state.
   void wait_all();
 
   void forward_pre_hook();
   void post_optimizer_step_hook();
+  // Whether the buckets must be rebuilt (asked after each optimizer step).
+  bool need_reset();
+  // One of the algorithm's named controls; an unknown name lists them.
+  void control(const std::string& name);
+  std::vector<std::string> controls() const { return algorithm_->controls(); }
+
   std::uint64_t step() const { return step_; }
   void set_step(std::uint64_t step) { step_ = step; }
 
@@ -59,6 +84,9 @@ class Engine {
 
  private:
   void launch(std::size_t bucket);  // with mu_ held
+  void launch_job(std::string label, std::function<void(StepContext&)> job);
+  // Runs `hook` with a context of its own tags, outside mu_.
+  void call_hook(const std::function<void(StepContext&)>& hook);
 
   CommunicatorPtr comm_;
   std::shared_ptr<Algorithm> algorithm_;
@@ -66,13 +94,18 @@ class Engine {
   std::shared_ptr<Watchdog> watchdog_;
 
   mutable std::mutex mu_;
-  std::vector<BucketSpec> buckets_;
-  std::vector<int> bucket_of_;     // tensor -> bucket
+  std::vector<BucketSpec> buckets_;  // gradients
+  std::vector<BucketSpec> weight_buckets_;
+  // Snapshots that jobs hold on to, replaced (never changed) by set_buckets.
+  std::shared_ptr<const std::vector<BucketView>> gradient_views_, weight_views_;
+  std::vector<int> bucket_of_;     // tensor -> gradient bucket
   std::vector<bool> ready_;        // tensor -> marked this iteration
   std::vector<std::size_t> pending_;  // bucket -> tensors not yet ready
   std::size_t next_launch_ = 0;
-  std::uint32_t op_seq_ = 0;
+  TagSource tags_;
   std::uint64_t step_ = 0;
+  bool started_ = false;
+  bool stopped_ = false;
 
   // Last member: destroyed first, so no job outlives the state it uses.
   std::vector<std::unique_ptr<CommThread>> lanes_;

@@ -16,6 +16,16 @@ TEST(Registry, ParsesSpecs) {
   EXPECT_THROW(parse_algorithm_spec(":a=1"), InvalidArgument);
 }
 
+TEST(Registry, SplitsListsOfSpecs) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(split_algorithm_specs("a, b:x=1,y=2 ,c"), (V{"a", "b:x=1,y=2", "c"}));
+  EXPECT_EQ(split_algorithm_specs("ddp,codec=fp16,exchange=allreduce,qadam"),
+            (V{"ddp", "codec=fp16,exchange=allreduce", "qadam"}));
+  EXPECT_EQ(split_algorithm_specs("x:a=exchange:ring,b=2,y"), (V{"x:a=exchange:ring,b=2", "y"}));
+  EXPECT_EQ(split_algorithm_specs(",,a,,"), (V{"a"}));
+  EXPECT_EQ(split_algorithm_specs(""), V{});
+}
+
 TEST(Registry, UnknownNameListsAvailable) {
   try {
     AlgorithmRegistry::instance().create("nope", WorldInfo{});

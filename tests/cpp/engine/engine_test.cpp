@@ -6,6 +6,8 @@
 #include <mutex>
 
 #include "algorithms/registry.hpp"
+#include "collectives/ring_allreduce.hpp"
+#include "comm/tags.hpp"
 #include "core/error.hpp"
 #include "support/run_ranks.hpp"
 
@@ -138,6 +140,121 @@ TEST(Engine, MisuseIsReported) {
   EXPECT_THROW(engine.mark_ready(0), Error);
   EXPECT_EQ(engine.unready_tensors(), (std::vector<std::size_t>{1}));
   EXPECT_THROW(engine.wait_all(), Error);  // bucket never became ready
+}
+
+namespace {
+
+// Contract v2 from the algorithm's side: weight buckets, work launched from
+// a hook, a reset after a given step, a control and a thread of its own.
+class WeightsAlgorithm final : public Algorithm {
+ public:
+  std::string spec() const override { return "weights"; }
+  std::vector<BucketRole> bucket_roles() const override {
+    return reset_done ? std::vector<BucketRole>{BucketRole::Gradients} : std::vector<BucketRole>{BucketRole::Weights};
+  }
+  std::optional<std::vector<std::vector<std::size_t>>> tensors_to_buckets(BucketRole role,
+                                                                          const std::vector<TensorInfo>& tensors,
+                                                                          const BucketingOptions&) override {
+    if (role == BucketRole::Gradients) return std::nullopt;
+    std::vector<std::size_t> all(tensors.size());
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+    return std::vector<std::vector<std::size_t>>{all};
+  }
+  void forward_pre_hook(StepContext& ctx) override {
+    hook_tags.push_back(ctx.tags[0]);
+    // Sums the weights over ranks on the communication thread, into a copy.
+    ctx.launch("sum of weights", [this](StepContext& job) {
+      job_tags.push_back(job.tags[0]);
+      const BucketView& w = job.weights[0];
+      sum.assign(static_cast<float*>(w.data), static_cast<float*>(w.data) + w.count);
+      ring_allreduce(job.comm, Ring::natural(job.comm.size()), sum.data(), sum.size(), DType::F32, ReduceOp::Sum,
+                     job.tags[0]);
+    });
+  }
+  void post_backward_hook(StepContext& ctx) override {
+    auto* w = static_cast<float*>(ctx.weights[0].data);
+    std::copy(sum.begin(), sum.end(), w);
+  }
+  bool need_reset(std::uint64_t step) override {
+    if (step == 2 && !reset_done) return reset_done = true;
+    return false;
+  }
+  void start(ThreadContext ctx) override {
+    started = true;
+    thread_tag = ctx.tags.next()[0];
+  }
+  void stop(std::chrono::milliseconds) override { ++stops; }
+  std::vector<std::string> controls() const override { return {"poke"}; }
+  void control(const std::string& name, StepContext&) override { pokes.push_back(name); }
+
+  std::vector<float> sum;
+  std::vector<Tag> hook_tags, job_tags;
+  std::vector<std::string> pokes;
+  bool reset_done = false, started = false;
+  int stops = 0;
+  Tag thread_tag = 0;
+};
+
+}  // namespace
+
+TEST(Engine, ContractTwoWeightsLaunchResetControlsAndThread) {
+  auto world = LoopbackWorld::create(2);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      auto algo = std::make_shared<WeightsAlgorithm>();
+      {
+        Engine engine(world->communicator(rank, 5s), algo, 5s);
+        std::vector<TensorInfo> tensors{{3, DType::F32}, {2, DType::F32}};
+        ASSERT_EQ(engine.bucket_roles(), std::vector<BucketRole>{BucketRole::Weights});
+        const auto plan = engine.plan(BucketRole::Weights, tensors, {});
+        ASSERT_EQ(plan, (std::vector<std::vector<std::size_t>>{{0, 1}}));
+        std::vector<float> weights{1, 2, 3, 4, float(rank)};
+        engine.set_buckets(BucketRole::Weights, {{weights.data(), 5, DType::F32, plan.front()}}, 2);
+        engine.start();
+        EXPECT_TRUE(algo->started);
+        EXPECT_GE(algo->thread_tag, tags::kAlgorithmThreadBase);
+        for (int step = 0; step < 2; ++step) {
+          engine.forward_pre_hook();
+          engine.wait_all();  // no gradient buckets: waits for the launched job, then post_backward
+          engine.post_optimizer_step_hook();
+          EXPECT_EQ(engine.need_reset(), step == 1);
+        }
+        // Two steps of summing over two ranks: x4 (the last weight: (0 + 1) * 2).
+        EXPECT_EQ(weights, (std::vector<float>{4, 8, 12, 16, 2}));
+        // Hooks and jobs got tag blocks of their own, in the same order on every rank.
+        EXPECT_EQ(algo->job_tags.size(), 2u);
+        EXPECT_NE(algo->job_tags[0], algo->hook_tags[0]);
+        EXPECT_EQ(engine.bucket_roles(), std::vector<BucketRole>{BucketRole::Gradients});
+        engine.control("poke");
+        EXPECT_EQ(algo->pokes, std::vector<std::string>{"poke"});
+        try {
+          engine.control("shake");
+          FAIL();
+        } catch (const InvalidArgument& e) {
+          EXPECT_NE(std::string(e.what()).find("poke"), std::string::npos) << e.what();
+        }
+        engine.stop();
+        engine.stop();  // idempotent
+      }
+      EXPECT_EQ(algo->stops, 1);  // and the destructor does not stop twice
+    });
+  }
+  for (auto& t : threads) t.join();
+}
+
+TEST(Engine, AnAlgorithmsOwnPlanIsChecked) {
+  class BadPlan final : public Algorithm {
+   public:
+    std::string spec() const override { return "bad_plan"; }
+    std::optional<std::vector<std::vector<std::size_t>>> tensors_to_buckets(BucketRole, const std::vector<TensorInfo>&,
+                                                                            const BucketingOptions&) override {
+      return std::vector<std::vector<std::size_t>>{{0}, {0}};
+    }
+  };
+  auto world = LoopbackWorld::create(1);
+  Engine engine(world->communicator(0, 1s), std::make_shared<BadPlan>(), 1s);
+  EXPECT_THROW(engine.plan(BucketRole::Gradients, {{1, DType::F32}, {1, DType::F32}}, {}), InvalidArgument);
 }
 
 }  // namespace bagua

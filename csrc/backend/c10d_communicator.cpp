@@ -1,4 +1,4 @@
-#include "comm/c10d_communicator.hpp"
+#include "backend/c10d_communicator.hpp"
 
 #include <fmt/format.h>
 

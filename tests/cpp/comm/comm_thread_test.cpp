@@ -1,4 +1,4 @@
-#include "engine/comm_thread.hpp"
+#include "comm/comm_thread.hpp"
 
 #include <gtest/gtest.h>
 
