@@ -9,12 +9,14 @@ void register_gradient_allreduce(AlgorithmRegistry& registry);
 void register_bytegrad(AlgorithmRegistry& registry);
 void register_qadam(AlgorithmRegistry& registry);
 void register_onebit_adam(AlgorithmRegistry& registry);
+void register_decentralized(AlgorithmRegistry& registry);
 
 void register_builtin_algorithms(AlgorithmRegistry& registry) {
   register_gradient_allreduce(registry);
   register_bytegrad(registry);
   register_qadam(registry);
   register_onebit_adam(registry);
+  register_decentralized(registry);
   registry.set_composer(compose_algorithm);
 }
 

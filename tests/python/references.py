@@ -85,3 +85,32 @@ def reference_average_with_feedback(flat: torch.Tensor, worker: torch.Tensor, se
         out[off : off + size] = sign(y)
         new_server[off : off + size] = y - out[off : off + size]
     return out, new_worker, new_server
+
+
+def shift_one_peer(position: int, n: int, step: int) -> int:
+    """ALGORITHMS.md, decentralized: rank r < n/2 pairs with
+    ((step + r) mod (n/2)) + n/2, rank r >= n/2 with (r - n/2 - step) mod (n/2)."""
+    half = n // 2
+    if position < half:
+        return (step + position) % half + half
+    return (position - half - step) % half
+
+
+def reference_peer_mix(flat: torch.Tensor, mode: str, step: int, group) -> torch.Tensor:
+    """One decentralized averaging of `flat` (this rank's weights) over the
+    ranks of `group`, from every rank's gathered copy: all = mean, shift_one =
+    (mine + partner's) / 2, ring = (mine + left's + right's) / 3, summed in
+    that order in the weights' dtype."""
+    n = dist.get_world_size(group)
+    r = dist.get_rank(group)
+    everyone = [torch.empty_like(flat) for _ in range(n)]
+    dist.all_gather(everyone, flat, group=group)
+    if n == 1:
+        return flat.clone()
+    if mode == "all":
+        return (torch.stack([e.double() for e in everyone]).sum(0) / n).to(flat.dtype)
+    if mode == "shift_one":
+        return (flat + everyone[shift_one_peer(r, n, step)]) / 2
+    if mode == "ring":
+        return (flat + everyone[(r - 1) % n] + everyone[(r + 1) % n]) / 3
+    raise ValueError(mode)
