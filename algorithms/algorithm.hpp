@@ -26,8 +26,12 @@ namespace bagua {
 // What a bucket holds. Gradients: views of each parameter's .grad, ready
 // when autograd has produced them all. Weights: views of each parameter's
 // data, which the algorithm reads and writes in its hooks (before forward,
-// after backward, after the optimizer step) or on its own thread.
-enum class BucketRole { Gradients, Weights };
+// after backward, after the optimizer step) or on its own thread. Buffers:
+// views of the module's floating-point buffers (BatchNorm's running
+// statistics), for algorithms that average them. Each role numbers its
+// tensors from 0 in registration order.
+enum class BucketRole { Gradients, Weights, Buffers };
+constexpr std::size_t kBucketRoles = 3;
 
 const char* role_name(BucketRole role);
 
@@ -60,6 +64,7 @@ struct StepContext {
   // Every bucket of each role (empty for a role the algorithm did not ask for).
   std::span<const BucketView> gradients;
   std::span<const BucketView> weights;
+  std::span<const BucketView> buffers;
   // Runs `job` on the engine's first communication lane, after what was
   // launched before it, with a context of its own (its own tags); the end
   // of backward waits for it (within the timeout) and raises its error,
@@ -75,6 +80,10 @@ struct ThreadContext {
   // The engine's timeout: what stop() is allowed for the join.
   std::chrono::milliseconds timeout;
 };
+
+// One bucket per dtype, tensors in registration order: for algorithms that
+// move all weights at once (one exchange per step, whatever the model).
+std::vector<std::vector<std::size_t>> one_bucket_per_dtype(const std::vector<TensorInfo>& tensors);
 
 // Named byte blobs: an algorithm's state that must survive a checkpoint.
 using AlgorithmState = std::map<std::string, std::vector<std::uint8_t>>;
@@ -126,6 +135,10 @@ class Algorithm {
   virtual std::vector<std::string> controls() const { return {}; }
   virtual void control(const std::string& /*name*/, StepContext& /*ctx*/) {}
 
+  // Whether what it does depends on the step count (a period, a peer
+  // schedule): the checkpoint then carries the step even when the state
+  // below is empty, so that a resumed run continues where it stopped.
+  virtual bool depends_on_step() const { return false; }
   virtual AlgorithmState state_dict() const { return {}; }
   virtual void load_state_dict(const AlgorithmState& /*state*/) {}
 };

@@ -10,6 +10,7 @@ void register_bytegrad(AlgorithmRegistry& registry);
 void register_qadam(AlgorithmRegistry& registry);
 void register_onebit_adam(AlgorithmRegistry& registry);
 void register_decentralized(AlgorithmRegistry& registry);
+void register_local_sgd(AlgorithmRegistry& registry);
 
 void register_builtin_algorithms(AlgorithmRegistry& registry) {
   register_gradient_allreduce(registry);
@@ -17,6 +18,7 @@ void register_builtin_algorithms(AlgorithmRegistry& registry) {
   register_qadam(registry);
   register_onebit_adam(registry);
   register_decentralized(registry);
+  register_local_sgd(registry);
   registry.set_composer(compose_algorithm);
 }
 

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.hpp"
 
@@ -139,6 +140,30 @@ bool option_bool(const AlgorithmOptions& options, const std::string& key, bool f
   if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
   if (v == "0" || v == "false" || v == "no" || v == "off") return false;
   throw InvalidArgument(fmt::format("option {}='{}' is not a boolean; use true or false", key, it->second));
+}
+
+std::optional<HostLayout> hosts_if_hierarchical(bool hierarchical, const WorldInfo& world, const std::string& who) {
+  if (!hierarchical) return std::nullopt;
+  if (static_cast<int>(world.host_keys.size()) != world.size) {
+    throw InvalidArgument(fmt::format("{}: hierarchical=true needs one host key per rank", who));
+  }
+  return HostLayout::from_host_keys(world.host_keys);
+}
+
+double option_number(const AlgorithmOptions& options, const std::string& key, double fallback) {
+  auto it = options.find(key);
+  if (it == options.end()) return fallback;
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(it->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (it->second.empty() || used != it->second.size() || !std::isfinite(value)) {
+    throw InvalidArgument(fmt::format("option {}='{}' is not a number", key, it->second));
+  }
+  return value;
 }
 
 std::uint64_t option_count(const AlgorithmOptions& options, const std::string& key, std::uint64_t fallback,

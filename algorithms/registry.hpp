@@ -6,10 +6,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "algorithms/algorithm.hpp"
+#include "topology/host_layout.hpp"
 
 namespace bagua {
 
@@ -35,6 +37,10 @@ struct AlgorithmEntry {
   // hyperparameters the algorithm shares with it and writes the spec's
   // options itself (its algorithm_spec(name)).
   std::string optimizer;
+  // Whether its post_optimizer_step_hook must follow the optimizer's step
+  // (it changes the weights the step produced): the wrapper then needs
+  // optimizer=, instead of calling the hook at the end of backward.
+  bool needs_optimizer = false;
 };
 
 class AlgorithmRegistry {
@@ -69,6 +75,12 @@ std::vector<std::string> split_algorithm_specs(const std::string& text);
 
 // Helpers for factories: typed option lookups with clear errors.
 bool option_bool(const AlgorithmOptions& options, const std::string& key, bool fallback);
+// The host layout for an algorithm's `hierarchical=true` (nullopt when
+// false); throws, naming `who`, when the world has no host key per rank.
+std::optional<HostLayout> hosts_if_hierarchical(bool hierarchical, const WorldInfo& world, const std::string& who);
+
+// A finite number.
+double option_number(const AlgorithmOptions& options, const std::string& key, double fallback);
 // An integer >= minimum.
 std::uint64_t option_count(const AlgorithmOptions& options, const std::string& key, std::uint64_t fallback,
                            std::uint64_t minimum = 1);

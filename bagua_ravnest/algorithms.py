@@ -17,11 +17,13 @@ def algorithm_names() -> list[str]:
 
 
 def describe_algorithm(name: str) -> dict:
-    """{"summary": str, "options": {key: description}, "optimizer": str} for
-    one algorithm; "optimizer" names the bagua_ravnest optimizer class the
-    wrapper must be given ("" for any)."""
-    summary, options, optimizer = _C.algorithm_info(name)
-    return {"summary": summary, "options": dict(options), "optimizer": optimizer}
+    """{"summary", "options": {key: description}, "optimizer", "needs_optimizer"}
+    for one algorithm: "optimizer" names the bagua_ravnest optimizer class
+    the wrapper must be given ("" for any); "needs_optimizer" says that the
+    wrapper must be given optimizer= at all (the algorithm acts after its
+    step)."""
+    summary, options, optimizer, needs_optimizer = _C.algorithm_info(name)
+    return {"summary": summary, "options": dict(options), "optimizer": optimizer, "needs_optimizer": needs_optimizer}
 
 
 def parse_algorithm_spec(spec: str) -> tuple[str, dict]:

@@ -183,6 +183,7 @@ class DistributedDataParallel(nn.Module):
         self._buckets: list[torch.Tensor] = []
         self._bucket_members: list[list[int]] = []
         self._weight_buckets: list[torch.Tensor] = []
+        self._buffer_buckets: list[torch.Tensor] = []
         self._build_buckets()
         self._engine.start()
         self._hooks = [
@@ -272,7 +273,7 @@ class DistributedDataParallel(nn.Module):
             plan = self._engine.plan("gradients", tensors, self.bucket_cap_mb, first)
             self._buckets, self._bucket_members = [], []
             for members in plan:
-                flat = self._flatten(members, lambda p: p.grad, _set_grad)
+                flat = self._flatten(self._params, members, _set_grad, value=lambda p: p.grad)
                 for i, view in zip(members, _views_of(flat, [self._params[i] for i in members])):
                     self._views[i] = view
                 self._buckets.append(flat)
@@ -280,20 +281,44 @@ class DistributedDataParallel(nn.Module):
             self._engine.set_buckets("gradients", list(zip(self._buckets, self._bucket_members)), len(self._params))
         if "weights" in roles:
             plan = self._engine.plan("weights", tensors, self.bucket_cap_mb, first)
-            self._weight_buckets = [self._flatten(members, lambda p: p.data, _set_data) for members in plan]
+            self._weight_buckets = [self._flatten(self._params, members, _set_data) for members in plan]
             self._engine.set_buckets("weights", list(zip(self._weight_buckets, plan)), len(self._params))
+        if "buffers" in roles and self._float_buffers():
+            slots = self._float_buffers()
+            values = [b for _, _, b in slots]
+            plan = self._engine.plan("buffers", values, self.bucket_cap_mb, first)
+            # Each buffer becomes a view of its bucket; modules update them in place.
+            self._buffer_buckets = [
+                self._flatten(values, members, lambda i, view: setattr(slots[i][0], slots[i][1], view),
+                              by_index=True)
+                for members in plan
+            ]
+            self._engine.set_buckets("buffers", list(zip(self._buffer_buckets, plan)), len(values))
 
+    def _float_buffers(self) -> list[tuple[nn.Module, str, torch.Tensor]]:
+        """(module, name, tensor) of each floating-point buffer, once each."""
+        seen, out = set(), []
+        for module in self.module.modules():
+            for name, b in module._buffers.items():
+                if b is not None and b.is_floating_point() and id(b) not in seen:
+                    seen.add(id(b))
+                    out.append((module, name, b))
+        return out
+
+    @staticmethod
     @torch.no_grad()
-    def _flatten(self, members: list[int], current, attach) -> torch.Tensor:
-        """One flat buffer holding `current(p)` of each member (zeros where it
-        is None); `attach(p, view)` makes the parameter use its view."""
-        params = [self._params[i] for i in members]
-        flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype)
-        for p, view in zip(params, _views_of(flat, params)):
-            value = current(p)
-            if value is not None:
-                view.copy_(value)
-            attach(p, view)
+    def _flatten(tensors: list[torch.Tensor], members: list[int], attach, value=lambda t: t.data,
+                 by_index: bool = False) -> torch.Tensor:
+        """One flat buffer holding `value(t)` of each member tensor (zeros
+        where it is None); `attach(t, view)` (or `attach(index, view)`) makes
+        the tensor's owner use its view from now on."""
+        chosen = [tensors[i] for i in members]
+        flat = torch.zeros(sum(t.numel() for t in chosen), dtype=chosen[0].dtype)
+        for i, t, view in zip(members, chosen, _views_of(flat, chosen)):
+            current = value(t)
+            if current is not None:
+                view.copy_(current)
+            attach(i if by_index else t, view)
         return flat
 
     # ----- per iteration ----------------------------------------------------
@@ -454,7 +479,13 @@ def _with_optimizer_hyperparameters(spec: str, optimizer) -> str:
         return spec  # the start-up agreement reports it, on every rank
     if not name or name not in _C.algorithm_names():
         return spec
-    needed = describe_algorithm(name)["optimizer"]
+    entry = describe_algorithm(name)
+    if entry["needs_optimizer"] and optimizer is None:
+        raise ValueError(
+            f"algorithm {name} acts after each optimizer step: pass optimizer= (the optimizer stepping these "
+            f"parameters) to DistributedDataParallel"
+        )
+    needed = entry["optimizer"]
     if not needed:
         return spec
     from . import optim
@@ -475,8 +506,8 @@ def _with_optimizer_hyperparameters(spec: str, optimizer) -> str:
 
 def _save_algorithm_state(module, state_dict, prefix, local_metadata) -> None:
     state = module._engine.state_dict()
-    if not state:  # stateless algorithms keep exactly torch DDP's keys
-        return
+    if not state and not module._engine.depends_on_step:
+        return  # stateless algorithms keep exactly torch DDP's keys
     state_dict[prefix + _STATE_KEY] = {
         "algorithm": module.algorithm,
         "step": torch.tensor(module._engine.step, dtype=torch.int64),
@@ -488,7 +519,7 @@ def _load_algorithm_state(module, state_dict, prefix, local_metadata, strict, mi
                           error_msgs) -> None:
     saved = state_dict.pop(prefix + _STATE_KEY, None)
     if saved is None:
-        if strict and module._engine.state_dict():
+        if strict and (module._engine.state_dict() or module._engine.depends_on_step):
             missing_keys.append(prefix + _STATE_KEY)
         return
     if saved["algorithm"] != module.algorithm:

@@ -48,15 +48,8 @@ void Bytegrad::on_bucket_ready(const BucketView& b, StepContext& ctx) {
 
 std::unique_ptr<Algorithm> make_bytegrad(const std::string& spec_head, const std::string& codec, bool hierarchical,
                                          const WorldInfo& world) {
-  std::optional<HostLayout> hosts;
-  if (hierarchical) {
-    if (static_cast<int>(world.host_keys.size()) != world.size) {
-      throw InvalidArgument(fmt::format("{}: hierarchical=true needs one host key per rank", spec_head));
-    }
-    hosts = HostLayout::from_host_keys(world.host_keys);
-  }
   return std::make_unique<Bytegrad>(fmt::format("{}hierarchical={}", spec_head, hierarchical ? "true" : "false"),
-                                    make_codec(codec), world.size, std::move(hosts));
+                                    make_codec(codec), world.size, hosts_if_hierarchical(hierarchical, world, spec_head));
 }
 
 void register_bytegrad(AlgorithmRegistry& registry) {

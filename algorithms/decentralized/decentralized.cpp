@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <cstring>
-#include <map>
 #include <numeric>
 
 #include "algorithms/registry.hpp"
@@ -44,11 +43,7 @@ std::string Decentralized::spec() const {
 
 std::optional<std::vector<std::vector<std::size_t>>> Decentralized::tensors_to_buckets(
     BucketRole /*role*/, const std::vector<TensorInfo>& tensors, const BucketingOptions& /*options*/) {
-  std::map<DType, std::vector<std::size_t>> by_dtype;
-  for (std::size_t t = 0; t < tensors.size(); ++t) by_dtype[tensors[t].dtype].push_back(t);
-  std::vector<std::vector<std::size_t>> out;
-  for (auto& [_, members] : by_dtype) out.push_back(std::move(members));
-  return out;
+  return one_bucket_per_dtype(tensors);
 }
 
 void Decentralized::init_operations(const BucketView& b, StepContext& ctx) {
@@ -126,14 +121,8 @@ void register_decentralized(AlgorithmRegistry& registry) {
                 option_choice(o, "peer_selection_mode", peer_mode_names(), "shift_one"));
             opts.communication_interval = option_count(o, "communication_interval", 1);
             opts.hierarchical = option_bool(o, "hierarchical", false);
-            std::optional<HostLayout> hosts;
-            if (opts.hierarchical) {
-              if (static_cast<int>(world.host_keys.size()) != world.size) {
-                throw InvalidArgument("decentralized: hierarchical=true needs one host key per rank");
-              }
-              hosts = HostLayout::from_host_keys(world.host_keys);
-            }
-            return std::make_unique<Decentralized>(opts, world.size, std::move(hosts));
+            return std::make_unique<Decentralized>(opts, world.size,
+                                                   hosts_if_hierarchical(opts.hierarchical, world, "decentralized"));
           },
           /*optimizer=*/""});
 }

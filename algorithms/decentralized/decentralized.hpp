@@ -38,6 +38,8 @@ class Decentralized final : public Algorithm {
   void init_operations(const BucketView& bucket, StepContext& ctx) override;
   void forward_pre_hook(StepContext& ctx) override;
   void post_backward_hook(StepContext& ctx) override;
+  // shift_one's partner follows the step.
+  bool depends_on_step() const override { return true; }
 
  private:
   // The averaged copy of one weight bucket into averaged_[b.index].

@@ -46,14 +46,8 @@ void register_gradient_allreduce(AlgorithmRegistry& registry) {
             opts.allreduce = option_choice(o, "allreduce", {"ring", "inner"}, "ring") == "ring" ? AllreduceImpl::Ring
                                                                                                  : AllreduceImpl::Inner;
             opts.hierarchical = option_bool(o, "hierarchical", false);
-            std::optional<HostLayout> hosts;
-            if (opts.hierarchical) {
-              if (static_cast<int>(world.host_keys.size()) != world.size) {
-                throw InvalidArgument("gradient_allreduce: hierarchical=true needs one host key per rank");
-              }
-              hosts = HostLayout::from_host_keys(world.host_keys);
-            }
-            return std::make_unique<GradientAllreduce>(opts, world.size, std::move(hosts));
+            return std::make_unique<GradientAllreduce>(
+                opts, world.size, hosts_if_hierarchical(opts.hierarchical, world, "gradient_allreduce"));
           },
           /*optimizer=*/""});
 }

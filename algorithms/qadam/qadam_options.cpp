@@ -8,13 +8,7 @@ namespace bagua {
 
 QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions opts) {
   opts.warmup_steps = option_count(o, "warmup_steps", opts.warmup_steps, 0);
-  if (auto it = o.find("beta1"); it != o.end()) {
-    try {
-      opts.beta1 = std::stod(it->second);
-    } catch (const std::exception&) {
-      throw InvalidArgument(fmt::format("{}: beta1='{}' is not a number", opts.name, it->second));
-    }
-  }
+  opts.beta1 = option_number(o, "beta1", opts.beta1);
   opts.precondition = option_bool(o, "precondition", opts.precondition);
   for (auto [key, target] : {std::pair{"beta2", &opts.beta2}, std::pair{"eps", &opts.eps}}) {
     auto it = o.find(key);
@@ -22,11 +16,7 @@ QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions opts) {
     if (!opts.precondition) {
       throw InvalidArgument(fmt::format("{}: {} is used only with precondition=true", opts.name, key));
     }
-    try {
-      *target = std::stod(it->second);
-    } catch (const std::exception&) {
-      throw InvalidArgument(fmt::format("{}: {}='{}' is not a number", opts.name, key, it->second));
-    }
+    *target = option_number(o, key, *target);
   }
   return opts;
 }

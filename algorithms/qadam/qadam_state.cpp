@@ -3,10 +3,8 @@
 // The frozen denominators are derived, so they are recomputed, not saved.
 #include <fmt/format.h>
 
-#include <cstring>
-
 #include "algorithms/qadam/qadam.hpp"
-#include "core/error.hpp"
+#include "algorithms/float_state.hpp"
 
 namespace bagua {
 
@@ -24,30 +22,11 @@ std::vector<std::pair<std::string, std::vector<float>*>> QAdam::state_vectors() 
 }
 
 AlgorithmState QAdam::state_dict() const {
-  AlgorithmState out;
-  for (const auto& [key, v] : const_cast<QAdam*>(this)->state_vectors()) {
-    const auto* p = reinterpret_cast<const std::uint8_t*>(v->data());
-    out[key] = std::vector<std::uint8_t>(p, p + v->size() * sizeof(float));
-  }
-  return out;
+  return save_float_vectors(const_cast<QAdam*>(this)->state_vectors());
 }
 
 void QAdam::load_state_dict(const AlgorithmState& state) {
-  const auto vectors = state_vectors();
-  // Everything is checked before anything is changed.
-  for (const auto& [key, v] : vectors) {
-    auto it = state.find(key);
-    if (it == state.end() || it->second.size() != v->size() * sizeof(float)) {
-      throw InvalidArgument(fmt::format(
-          "{}: the checkpoint has no {} of {} values (saved with another model, bucket_cap_mb or world size?)",
-          options_.name, key, v->size()));
-    }
-  }
-  if (state.size() != vectors.size()) {
-    throw InvalidArgument(fmt::format("{}: the checkpoint has {} entries, this model needs {}", options_.name,
-                                      state.size(), vectors.size()));
-  }
-  for (const auto& [key, v] : vectors) std::memcpy(v->data(), state.at(key).data(), v->size() * sizeof(float));
+  load_float_vectors(state, state_vectors(), options_.name);
   for (auto& d : denominators_) d.clear();  // derived from the variance just loaded
 }
 

@@ -32,10 +32,10 @@ DType dtype_of(const at::Tensor& t) {
 }
 
 BucketRole role_of(const std::string& name) {
-  for (BucketRole r : {BucketRole::Gradients, BucketRole::Weights}) {
+  for (BucketRole r : {BucketRole::Gradients, BucketRole::Weights, BucketRole::Buffers}) {
     if (name == role_name(r)) return r;
   }
-  throw InvalidArgument(fmt::format("bucket role '{}' is not one of gradients, weights", name));
+  throw InvalidArgument(fmt::format("bucket role '{}' is not one of gradients, weights, buffers", name));
 }
 
 std::chrono::milliseconds to_ms(double seconds) {
@@ -188,7 +188,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("algorithm_names", [] { return AlgorithmRegistry::instance().names(); });
   m.def("algorithm_info", [](const std::string& name) {
     const auto& e = AlgorithmRegistry::instance().entry(name);
-    return py::make_tuple(e.summary, e.options, e.optimizer);
+    return py::make_tuple(e.summary, e.options, e.optimizer, e.needs_optimizer);
   });
   m.def("parse_algorithm_spec", &parse_algorithm_spec, py::arg("spec"),
         "(name, options) of a spec; a composed spec has the name ''.");
@@ -253,6 +253,7 @@ PYBIND11_MODULE(_C, m) {
       .def("need_reset", &Engine::need_reset)
       .def("control", &Engine::control, py::arg("name"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("controls", &Engine::controls)
+      .def_property_readonly("depends_on_step", [](Engine& e) { return e.algorithm().depends_on_step(); })
       .def("mark_ready", &Engine::mark_ready, py::arg("index"))
       .def("unready_tensors", &Engine::unready_tensors)
       .def("wait_all", &Engine::wait_all, py::call_guard<py::gil_scoped_release>())

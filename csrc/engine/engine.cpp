@@ -20,6 +20,19 @@ std::vector<BucketView> views_of(BucketRole role, const std::vector<BucketSpec>&
   return out;
 }
 
+// Runs a launched operation under its watchdog ticket: started, then
+// finished with its error, if any.
+void run_tracked(Watchdog& watchdog, std::size_t ticket, const std::function<void()>& body) {
+  watchdog.started(ticket);
+  std::exception_ptr error;
+  try {
+    body();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  watchdog.finished(ticket, error);
+}
+
 }  // namespace
 
 Engine::Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::chrono::milliseconds timeout,
@@ -27,8 +40,7 @@ Engine::Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::
     : comm_(std::move(comm)),
       algorithm_(std::move(algorithm)),
       timeout_(timeout),
-      gradient_views_(std::make_shared<std::vector<BucketView>>()),
-      weight_views_(std::make_shared<std::vector<BucketView>>()),
+      views_(std::make_shared<ViewSet>()),
       tags_(tags::kEngineBase, tags::kSpan, tags::kPerOperation) {
   if (!comm_ || !algorithm_) throw InvalidArgument("Engine needs a communicator and an algorithm");
   if (lanes < 1 || lanes > 16) throw InvalidArgument(fmt::format("lanes must be in [1, 16], got {}", lanes));
@@ -80,13 +92,13 @@ void Engine::set_buckets(BucketRole role, std::vector<BucketSpec> buckets, std::
       owner[t] = static_cast<int>(b);
     }
   }
-  auto views = std::make_shared<const std::vector<BucketView>>(views_of(role, buckets));
-  if (role == BucketRole::Weights) {
-    weight_buckets_ = std::move(buckets);
-    weight_views_ = views;
+  auto views = std::make_shared<ViewSet>(*views_);
+  (*views)[static_cast<std::size_t>(role)] = views_of(role, buckets);
+  views_ = views;
+  if (role != BucketRole::Gradients) {
+    other_buckets_[static_cast<std::size_t>(role)] = std::move(buckets);
   } else {
     buckets_ = std::move(buckets);
-    gradient_views_ = views;
     bucket_of_ = std::move(owner);
     ready_.assign(num_tensors, false);
     pending_.clear();
@@ -94,7 +106,7 @@ void Engine::set_buckets(BucketRole role, std::vector<BucketSpec> buckets, std::
     next_launch_ = 0;
   }
   lock.unlock();
-  for (const auto& view : *views) {
+  for (const auto& view : (*views)[static_cast<std::size_t>(role)]) {
     call_hook([&](StepContext& ctx) { algorithm_->init_operations(view, ctx); });
   }
 }
@@ -142,23 +154,18 @@ std::vector<std::size_t> Engine::unready_tensors() const {
 
 void Engine::launch(std::size_t b) {
   const BucketSpec& spec = buckets_[b];
-  const BucketView view = (*gradient_views_)[b];
+  const BucketView view = (*views_)[0][b];
   const TagBlock tags = tags_.next();
   const std::size_t ticket = watchdog_->add(fmt::format(
       "{} on bucket {} ({} x {}, step {})", algorithm_->spec(), b, spec.count, dtype_name(spec.dtype), step_));
   const std::size_t lanes = algorithm_->buckets_may_overlap() ? lanes_.size() : 1;
   lanes_[b % lanes]->submit(
-      [comm = comm_, algorithm = algorithm_, watchdog = watchdog_, owner = spec.owner, grads = gradient_views_,
-       weights = weight_views_, view, tags, ticket, step = step_] {
-        watchdog->started(ticket);
-        std::exception_ptr error;
-        try {
-          StepContext ctx{*comm, step, tags, *grads, *weights, {}};
+      [comm = comm_, algorithm = algorithm_, watchdog = watchdog_, owner = spec.owner, views = views_, view,
+       tags, ticket, step = step_] {
+        run_tracked(*watchdog, ticket, [&] {
+          StepContext ctx = context_of(*comm, *views, tags, step);
           algorithm->on_bucket_ready(view, ctx);
-        } catch (...) {
-          error = std::current_exception();
-        }
-        watchdog->finished(ticket, error);
+        });
       },
       [watchdog = watchdog_, ticket, b] {
         watchdog->finished(ticket, std::make_exception_ptr(Error(fmt::format(
@@ -173,21 +180,17 @@ void Engine::launch_job(std::string label, std::function<void(StepContext&)> job
   // The job keeps the algorithm (it usually captured `this` of it) and
   // every bucket (it may touch any) alive.
   std::vector<std::shared_ptr<void>> owners;
-  for (const auto* set : {&buckets_, &weight_buckets_}) {
-    for (const auto& b : *set) owners.push_back(b.owner);
+  for (const auto& b : buckets_) owners.push_back(b.owner);
+  for (const auto& set : other_buckets_) {
+    for (const auto& b : set) owners.push_back(b.owner);
   }
   lanes_[0]->submit(
-      [comm = comm_, algorithm = algorithm_, watchdog = watchdog_, owners = std::move(owners), grads = gradient_views_,
-       weights = weight_views_, job = std::move(job), tags, ticket, step = step_] {
-        watchdog->started(ticket);
-        std::exception_ptr error;
-        try {
-          StepContext ctx{*comm, step, tags, *grads, *weights, {}};
+      [comm = comm_, algorithm = algorithm_, watchdog = watchdog_, owners = std::move(owners), views = views_,
+       job = std::move(job), tags, ticket, step = step_] {
+        run_tracked(*watchdog, ticket, [&] {
+          StepContext ctx = context_of(*comm, *views, tags, step);
           job(ctx);
-        } catch (...) {
-          error = std::current_exception();
-        }
-        watchdog->finished(ticket, error);
+        });
       },
       [watchdog = watchdog_, ticket, label] {
         watchdog->finished(ticket, std::make_exception_ptr(Error(fmt::format(
@@ -195,19 +198,22 @@ void Engine::launch_job(std::string label, std::function<void(StepContext&)> job
       });
 }
 
+StepContext Engine::context_of(Communicator& comm, const ViewSet& views, TagBlock tags, std::uint64_t step,
+                               std::function<void(std::string, std::function<void(StepContext&)>)> launch) {
+  return StepContext{comm, step, tags, views[0], views[1], views[2], std::move(launch)};
+}
+
 void Engine::call_hook(const std::function<void(StepContext&)>& hook) {
-  std::shared_ptr<const std::vector<BucketView>> grads, weights;
+  std::shared_ptr<const ViewSet> views;
   TagBlock tags(0, 0);
   {
     std::lock_guard lock(mu_);
-    grads = gradient_views_;
-    weights = weight_views_;
+    views = views_;
     tags = tags_.next();
   }
-  StepContext ctx{*comm_, step_, tags, *grads, *weights,
-                  [this](std::string label, std::function<void(StepContext&)> job) {
-                    launch_job(std::move(label), std::move(job));
-                  }};
+  StepContext ctx = context_of(*comm_, *views, tags, step_, [this](std::string label, std::function<void(StepContext&)> job) {
+    launch_job(std::move(label), std::move(job));
+  });
   hook(ctx);
 }
 

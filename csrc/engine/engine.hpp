@@ -6,6 +6,7 @@
 // and starts and stops the algorithm's own thread.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -93,11 +94,16 @@ class Engine {
   std::chrono::milliseconds timeout_;
   std::shared_ptr<Watchdog> watchdog_;
 
+  using ViewSet = std::array<std::vector<BucketView>, kBucketRoles>;
+  // A context over a snapshot of the views (which the caller keeps alive).
+  static StepContext context_of(Communicator& comm, const ViewSet& views, TagBlock tags, std::uint64_t step,
+                                std::function<void(std::string, std::function<void(StepContext&)>)> launch = {});
+
   mutable std::mutex mu_;
-  std::vector<BucketSpec> buckets_;  // gradients
-  std::vector<BucketSpec> weight_buckets_;
-  // Snapshots that jobs hold on to, replaced (never changed) by set_buckets.
-  std::shared_ptr<const std::vector<BucketView>> gradient_views_, weight_views_;
+  std::vector<BucketSpec> buckets_;  // gradients: launched by mark_ready
+  std::array<std::vector<BucketSpec>, kBucketRoles> other_buckets_;  // weights and buffers
+  // A snapshot that jobs hold on to, replaced (never changed) by set_buckets.
+  std::shared_ptr<const ViewSet> views_;
   std::vector<int> bucket_of_;     // tensor -> gradient bucket
   std::vector<bool> ready_;        // tensor -> marked this iteration
   std::vector<std::size_t> pending_;  // bucket -> tensors not yet ready

@@ -1,5 +1,7 @@
 """Small deterministic models and data shared by the DDP tests."""
 
+import io
+
 import torch
 from torch import nn
 
@@ -35,3 +37,49 @@ def train(model: nn.Module, rank: int, steps: int = 20, lr: float = 0.05, optimi
 
 def flat_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+
+
+def resumed_run_is_identical(rank: int, spec: str, steps: int = 9, stop: int = 5) -> bool:
+    """Trains `steps` steps under bagua_ravnest's DDP with `spec`, and again
+    from a checkpoint (model and optimizer state_dict) taken after `stop`
+    steps into fresh objects: whether both end with the same weights, bit
+    for bit."""
+    import bagua_ravnest
+
+    def fresh():
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return bagua_ravnest.DistributedDataParallel(model, algorithm=spec, optimizer=opt), opt
+
+    def run(model, opt, data):
+        for x, y in data:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    data = list(batches(rank, steps))
+    model, opt = fresh()
+    run(model, opt, data[:stop])
+    blob = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, blob)
+    run(model, opt, data[stop:])
+    uninterrupted = flat_params(model)
+    blob.seek(0)
+    saved = torch.load(blob, weights_only=False)
+    model, opt = fresh()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    run(model, opt, data[stop:])
+    return bool(torch.equal(flat_params(model), uninterrupted))
+
+
+def construction_error(**ddp_kwargs) -> str:
+    """The ValueError that bagua_ravnest's DDP raises when wrapping mlp()
+    with these arguments ("no error" when it does not)."""
+    import bagua_ravnest
+
+    try:
+        bagua_ravnest.DistributedDataParallel(mlp(), **ddp_kwargs)
+    except ValueError as e:
+        return str(e)
+    return "no error"

@@ -10,7 +10,7 @@ from torch import nn
 
 import bagua_ravnest
 from bagua_ravnest.launch import run_world, values
-from models import batches, flat_params, mlp
+from models import batches, construction_error, flat_params, mlp, resumed_run_is_identical
 from references import reference_peer_mix
 
 
@@ -62,11 +62,7 @@ def test_communication_interval_and_bf16_weights():
 
 
 def _odd_shift_one(rank, world):
-    try:
-        bagua_ravnest.DistributedDataParallel(mlp(), algorithm="decentralized:peer_selection_mode=shift_one")
-    except ValueError as e:
-        return str(e)
-    return "no error"
+    return construction_error(algorithm="decentralized:peer_selection_mode=shift_one")
 
 
 def test_shift_one_on_an_odd_world_fails_on_every_rank():
@@ -99,3 +95,13 @@ def test_hierarchical_mixes_host_means_between_leaders():
     for diff, spread in values(run_world(_hierarchical, 4, env={"LOCAL_WORLD_SIZE": "2"})):
         assert spread > 0  # the ranks did differ before the mix
         assert diff == 0.0, diff
+
+
+def _resume(rank, world):
+    return resumed_run_is_identical(rank, "decentralized:peer_selection_mode=shift_one,communication_interval=2")
+
+
+def test_a_resumed_run_continues_bit_identically():
+    # The partner and the communication steps follow the step count, which
+    # the checkpoint carries although the algorithm has no other state.
+    assert all(values(run_world(_resume, 4)))
