@@ -112,6 +112,7 @@ class Algorithm {
   // different threads; one bucket's calls never overlap.
   virtual void on_bucket_ready(const BucketView& /*bucket*/, StepContext& /*ctx*/) {}
   virtual void post_backward_hook(StepContext& /*ctx*/) {}
+  // Runs with nothing launched still in flight.
   virtual void post_optimizer_step_hook(StepContext& /*ctx*/) {}
   // Asked after each post_optimizer_step_hook (ctx.step is the step just
   // completed + 1): true makes the wrapper rebuild every bucket.

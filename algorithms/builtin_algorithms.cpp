@@ -11,6 +11,7 @@ void register_qadam(AlgorithmRegistry& registry);
 void register_onebit_adam(AlgorithmRegistry& registry);
 void register_decentralized(AlgorithmRegistry& registry);
 void register_local_sgd(AlgorithmRegistry& registry);
+void register_low_precision_decentralized(AlgorithmRegistry& registry);
 
 void register_builtin_algorithms(AlgorithmRegistry& registry) {
   register_gradient_allreduce(registry);
@@ -19,6 +20,7 @@ void register_builtin_algorithms(AlgorithmRegistry& registry) {
   register_onebit_adam(registry);
   register_decentralized(registry);
   register_local_sgd(registry);
+  register_low_precision_decentralized(registry);
   registry.set_composer(compose_algorithm);
 }
 

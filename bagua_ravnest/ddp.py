@@ -505,6 +505,9 @@ def _with_optimizer_hyperparameters(spec: str, optimizer) -> str:
 
 
 def _save_algorithm_state(module, state_dict, prefix, local_metadata) -> None:
+    # Work launched after the last optimizer step (a gossip exchange) lands
+    # first, so that the state is the one every rank has at this step.
+    module._engine.drain()
     state = module._engine.state_dict()
     if not state and not module._engine.depends_on_step:
         return  # stateless algorithms keep exactly torch DDP's keys
@@ -528,6 +531,7 @@ def _load_algorithm_state(module, state_dict, prefix, local_metadata, strict, mi
         )
         return
     try:
+        module._engine.drain()
         module._engine.load_state_dict({k: bytes(v.numpy().tobytes()) for k, v in saved["state"].items()})
     except RuntimeError as e:
         error_msgs.append(str(e))

@@ -251,6 +251,7 @@ PYBIND11_MODULE(_C, m) {
       .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
       .def("stop", &Engine::stop, py::call_guard<py::gil_scoped_release>())
       .def("need_reset", &Engine::need_reset)
+      .def("drain", &Engine::drain, py::call_guard<py::gil_scoped_release>())
       .def("control", &Engine::control, py::arg("name"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("controls", &Engine::controls)
       .def_property_readonly("depends_on_step", [](Engine& e) { return e.algorithm().depends_on_step(); })

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "collectives/neighbour_exchange.hpp"
 #include "collectives/ring_allreduce.hpp"
 #include "core/error.hpp"
 #include "core/reduce_op.hpp"
@@ -13,28 +14,8 @@
 namespace bagua {
 namespace {
 
-// The exchange goes in pieces, one piece in flight per message stream. A
-// whole model sent at once is a burst larger than a shaped link's queue
-// (a 1.9 MB message into tc tbf's 1.25 MB at 100 Mbit/s): the tail is
-// dropped and waits for retransmission, and steps took 100-200 ms longer
-// (measured, charlm at world 2; docs/decentralized.md).
-constexpr std::size_t kPieceBytes = 256u << 10;
-
 const void* at(const void* p, std::size_t offset) { return static_cast<const std::uint8_t*>(p) + offset; }
 void* at(void* p, std::size_t offset) { return static_cast<std::uint8_t*>(p) + offset; }
-
-// `start(offset, length)` posts one piece's messages; at most two pieces
-// are in flight, so the link stays busy while a piece completes.
-template <class Start>
-void exchange_in_pieces(Communicator& comm, std::size_t bytes, Start&& start) {
-  std::vector<RequestPtr> previous;
-  for (std::size_t offset = 0; offset < bytes; offset += kPieceBytes) {
-    auto current = start(offset, std::min(kPieceBytes, bytes - offset));
-    for (auto& request : previous) request->wait(comm.timeout());
-    previous = std::move(current);
-  }
-  for (auto& request : previous) request->wait(comm.timeout());
-}
 
 }  // namespace
 
@@ -75,14 +56,7 @@ void peer_average(Communicator& comm, const std::vector<int>& members, PeerMode 
       if (!scratch) throw InvalidArgument("peer_average: the ring mode needs a scratch buffer");
       const int left = members[(position + n - 1) % n];
       const int right = members[(position + 1) % n];
-      // To the right on the first tag, to the left on the second: with two
-      // members, left and right are one rank, and the tags tell the copies apart.
-      exchange_in_pieces(comm, bytes, [&](std::size_t offset, std::size_t length) {
-        return std::vector<RequestPtr>{comm.isend(at(in, offset), length, right, tags[first_tag]),
-                                       comm.isend(at(in, offset), length, left, tags[first_tag + 1]),
-                                       comm.irecv(at(out, offset), length, left, tags[first_tag]),
-                                       comm.irecv(at(scratch, offset), length, right, tags[first_tag + 1])};
-      });
+      neighbour_exchange(comm, left, right, in, out, scratch, bytes, tags, first_tag);
       // (in + left) + right, then / 3; out holds left's.
       reduce_into(out, in, count, dtype, ReduceOp::Sum);
       reduce_into(out, scratch, count, dtype, ReduceOp::Sum);

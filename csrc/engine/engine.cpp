@@ -233,11 +233,17 @@ void Engine::wait_all() {
   next_launch_ = 0;
 }
 
+void Engine::drain() { watchdog_->wait_all(timeout_); }
+
 void Engine::forward_pre_hook() {
   call_hook([&](StepContext& ctx) { algorithm_->forward_pre_hook(ctx); });
 }
 
 void Engine::post_optimizer_step_hook() {
+  // Usually a no-op (the end of backward waited); after a step without a
+  // synchronized backward (no_sync, or two steps in a row) work launched by
+  // the previous step's hook may still be using the algorithm's buffers.
+  drain();
   call_hook([&](StepContext& ctx) { algorithm_->post_optimizer_step_hook(ctx); });
   ++step_;
 }

@@ -70,6 +70,11 @@ class Engine {
   // state.
   void wait_all();
 
+  // Waits (within the timeout) for every launched operation, without the
+  // end-of-backward hook: before the algorithm's state is read or replaced,
+  // work launched after the optimizer step must have landed.
+  void drain();
+
   void forward_pre_hook();
   void post_optimizer_step_hook();
   // Whether the buckets must be rebuilt (asked after each optimizer step).
