@@ -144,4 +144,15 @@ class Algorithm {
   virtual void load_state_dict(const AlgorithmState& /*state*/) {}
 };
 
+// Base of the algorithms that move all the weights at once (gossip, model
+// averaging): buckets of weights only, one per dtype.
+class WholeModelAlgorithm : public Algorithm {
+ public:
+  std::vector<BucketRole> bucket_roles() const override { return {BucketRole::Weights}; }
+  std::optional<std::vector<std::vector<std::size_t>>> tensors_to_buckets(
+      BucketRole /*role*/, const std::vector<TensorInfo>& tensors, const BucketingOptions& /*options*/) override {
+    return one_bucket_per_dtype(tensors);
+  }
+};
+
 }  // namespace bagua

@@ -41,11 +41,6 @@ std::string Decentralized::spec() const {
                      peer_mode_name(options_.mode));
 }
 
-std::optional<std::vector<std::vector<std::size_t>>> Decentralized::tensors_to_buckets(
-    BucketRole /*role*/, const std::vector<TensorInfo>& tensors, const BucketingOptions& /*options*/) {
-  return one_bucket_per_dtype(tensors);
-}
-
 void Decentralized::init_operations(const BucketView& b, StepContext& ctx) {
   const auto i = static_cast<std::size_t>(b.index);
   if ((i + 1) * kTagsPerBucket > ctx.tags.size()) {

@@ -23,18 +23,13 @@ struct DecentralizedOptions {
   bool hierarchical = false;
 };
 
-class Decentralized final : public Algorithm {
+class Decentralized final : public WholeModelAlgorithm {
  public:
   // Throws, on every rank alike, when the mode cannot pair this world (or
   // its host leaders, when hierarchical).
   Decentralized(DecentralizedOptions options, int world_size, std::optional<HostLayout> hosts);
 
   std::string spec() const override;
-  std::vector<BucketRole> bucket_roles() const override { return {BucketRole::Weights}; }
-  // One bucket per dtype: one exchange per step, whatever the model's size.
-  std::optional<std::vector<std::vector<std::size_t>>> tensors_to_buckets(BucketRole role,
-                                                                          const std::vector<TensorInfo>& tensors,
-                                                                          const BucketingOptions& options) override;
   void init_operations(const BucketView& bucket, StepContext& ctx) override;
   void forward_pre_hook(StepContext& ctx) override;
   void post_backward_hook(StepContext& ctx) override;

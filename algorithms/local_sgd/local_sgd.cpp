@@ -47,11 +47,6 @@ std::string LocalSgd::spec() const {
                      o.nesterov ? "true" : "false", o.lr, o.momentum, options_.period);
 }
 
-std::optional<std::vector<std::vector<std::size_t>>> LocalSgd::tensors_to_buckets(
-    BucketRole /*role*/, const std::vector<TensorInfo>& tensors, const BucketingOptions& /*options*/) {
-  return one_bucket_per_dtype(tensors);
-}
-
 void LocalSgd::init_operations(const BucketView& b, StepContext& ctx) {
   const auto i = static_cast<std::size_t>(b.index);
   if (i >= kBufferTags || i >= ctx.tags.size() - kBufferTags) {

@@ -25,15 +25,12 @@ struct LocalSgdOptions {
   std::string codec = "identity";
 };
 
-class LocalSgd final : public Algorithm {
+class LocalSgd final : public WholeModelAlgorithm {
  public:
   LocalSgd(LocalSgdOptions options, int rank, int world_size);
 
   std::string spec() const override;
   std::vector<BucketRole> bucket_roles() const override { return {BucketRole::Weights, BucketRole::Buffers}; }
-  std::optional<std::vector<std::vector<std::size_t>>> tensors_to_buckets(BucketRole role,
-                                                                          const std::vector<TensorInfo>& tensors,
-                                                                          const BucketingOptions& options) override;
   void init_operations(const BucketView& bucket, StepContext& ctx) override;
   // The synchronization, after every period-th optimizer step.
   void post_optimizer_step_hook(StepContext& ctx) override;

@@ -51,11 +51,6 @@ std::string LowPrecisionDecentralized::spec() const {
                      options_.codec);
 }
 
-std::optional<std::vector<std::vector<std::size_t>>> LowPrecisionDecentralized::tensors_to_buckets(
-    BucketRole /*role*/, const std::vector<TensorInfo>& tensors, const BucketingOptions& /*options*/) {
-  return one_bucket_per_dtype(tensors);
-}
-
 void LowPrecisionDecentralized::init_operations(const BucketView& b, StepContext& ctx) {
   if (b.dtype != DType::F32) {
     throw InvalidArgument(fmt::format("{} keeps fp32 replicas; weight bucket {} holds {} (keep the parameters in fp32)",

@@ -28,15 +28,11 @@ struct LowPrecisionDecentralizedOptions {
   std::uint64_t check_interval = 100;  // 0: never
 };
 
-class LowPrecisionDecentralized final : public Algorithm {
+class LowPrecisionDecentralized final : public WholeModelAlgorithm {
  public:
   LowPrecisionDecentralized(LowPrecisionDecentralizedOptions options, int rank, int world_size);
 
   std::string spec() const override;
-  std::vector<BucketRole> bucket_roles() const override { return {BucketRole::Weights}; }
-  std::optional<std::vector<std::vector<std::size_t>>> tensors_to_buckets(BucketRole role,
-                                                                          const std::vector<TensorInfo>& tensors,
-                                                                          const BucketingOptions& options) override;
   void init_operations(const BucketView& bucket, StepContext& ctx) override;
   void post_optimizer_step_hook(StepContext& ctx) override;
   bool depends_on_step() const override { return true; }
