@@ -70,6 +70,12 @@ struct StepContext {
   // of backward waits for it (within the timeout) and raises its error,
   // named by `label`. Empty inside on_bucket_ready.
   std::function<void(std::string label, std::function<void(StepContext&)> job)> launch;
+  // Like launch, but on a thread of its own and not waited for by the end
+  // of backward: the algorithm waits on the returned request when it needs
+  // the result (a period later, say), and gets the job's error there.
+  // Only for work whose messages are told apart by its tags. Empty inside
+  // on_bucket_ready.
+  std::function<RequestPtr(std::string label, std::function<void(StepContext&)> job)> background;
 };
 
 // What an algorithm's own thread gets: a communicator that outlives the

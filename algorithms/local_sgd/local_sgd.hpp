@@ -9,6 +9,7 @@
 // averaging, computed as such (no x0 kept, exact mean of the weights).
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,10 @@ struct LocalSgdOptions {
   std::uint64_t period = 4;
   OuterOptimizerOptions outer;
   std::string codec = "identity";
+  // Average in the background and apply it a period late: at a sync the
+  // average of the previous sync's snapshot s arrives, and x becomes that
+  // average (or x0 after the outer step) plus the progress made since s.
+  bool overlap = false;
 };
 
 class LocalSgd final : public WholeModelAlgorithm {
@@ -41,6 +46,13 @@ class LocalSgd final : public WholeModelAlgorithm {
  private:
   bool keeps_x0() const { return !plain_; }
   void sync_weights(const BucketView& b, StepContext& ctx, Tag tag);
+  // overlap=true: applies the average that arrived (if any), snapshots the
+  // weights and starts averaging them in the background.
+  void sync_weights_late(StepContext& ctx);
+  // The pseudo-gradient (or the weights, when plain) of `snapshot` averaged
+  // in place, by the codec or exactly.
+  void average(std::size_t bucket, float* values, std::size_t count, StepContext& ctx, Tag tag);
+  void wait_pending() const;
   NamedFloatVectors state_vectors();
 
   LocalSgdOptions options_;
@@ -54,6 +66,14 @@ class LocalSgd final : public WholeModelAlgorithm {
   std::vector<std::vector<float>> x0_, momentum_, delta_, worker_residual_, server_residual_;
   // Whether the outer momentum holds a value yet (saved with it).
   std::vector<float> momentum_started_;
+  // overlap=true, per weight bucket: the snapshot of the last sync, and the
+  // average in the making (the weights', or the pseudo-gradient's); one
+  // value saying whether an average is pending (saved: a checkpoint waits
+  // for it and keeps it).
+  std::vector<std::vector<float>> snapshot_, averaged_;
+  std::vector<float> pending_{0.0f};
+  mutable RequestPtr in_flight_;
+  std::chrono::milliseconds timeout_{0};
 };
 
 }  // namespace bagua

@@ -46,6 +46,7 @@ Engine::Engine(CommunicatorPtr comm, std::shared_ptr<Algorithm> algorithm, std::
   if (lanes < 1 || lanes > 16) throw InvalidArgument(fmt::format("lanes must be in [1, 16], got {}", lanes));
   watchdog_ = std::make_shared<Watchdog>(comm_->rank());
   for (int i = 0; i < lanes; ++i) lanes_.push_back(std::make_unique<CommThread>());
+  background_ = std::make_unique<CommThread>();
 }
 
 Engine::~Engine() {
@@ -199,8 +200,44 @@ void Engine::launch_job(std::string label, std::function<void(StepContext&)> job
 }
 
 StepContext Engine::context_of(Communicator& comm, const ViewSet& views, TagBlock tags, std::uint64_t step,
-                               std::function<void(std::string, std::function<void(StepContext&)>)> launch) {
-  return StepContext{comm, step, tags, views[0], views[1], views[2], std::move(launch)};
+                               Engine* engine) {
+  StepContext ctx{comm, step, tags, views[0], views[1], views[2], {}, {}};
+  if (engine) {
+    ctx.launch = [engine](std::string label, std::function<void(StepContext&)> job) {
+      engine->launch_job(std::move(label), std::move(job));
+    };
+    ctx.background = [engine](std::string label, std::function<void(StepContext&)> job) {
+      return engine->launch_background(std::move(label), std::move(job));
+    };
+  }
+  return ctx;
+}
+
+RequestPtr Engine::launch_background(std::string label, std::function<void(StepContext&)> job) {
+  std::lock_guard lock(mu_);
+  const TagBlock tags = tags_.next();
+  auto request = std::make_shared<JobRequest>(fmt::format("rank {}: {}: {} (step {})", comm_->rank(),
+                                                          algorithm_->spec(), label, step_));
+  std::vector<std::shared_ptr<void>> owners;
+  for (const auto& set : other_buckets_) {
+    for (const auto& b : set) owners.push_back(b.owner);
+  }
+  background_->submit(
+      [comm = comm_, algorithm = algorithm_, owners = std::move(owners), views = views_, job = std::move(job), tags,
+       request, step = step_] {
+        std::exception_ptr error;
+        try {
+          StepContext ctx = context_of(*comm, *views, tags, step);
+          job(ctx);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        request->finish(error);
+      },
+      [request, label] {
+        request->finish(std::make_exception_ptr(Error(fmt::format("{}: the engine was destroyed before it ran", label))));
+      });
+  return request;
 }
 
 void Engine::call_hook(const std::function<void(StepContext&)>& hook) {
@@ -211,9 +248,7 @@ void Engine::call_hook(const std::function<void(StepContext&)>& hook) {
     views = views_;
     tags = tags_.next();
   }
-  StepContext ctx = context_of(*comm_, *views, tags, step_, [this](std::string label, std::function<void(StepContext&)> job) {
-    launch_job(std::move(label), std::move(job));
-  });
+  StepContext ctx = context_of(*comm_, *views, tags, step_, this);
   hook(ctx);
 }
 

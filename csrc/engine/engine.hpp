@@ -14,6 +14,7 @@
 #include "algorithms/algorithm.hpp"
 #include "comm/comm_thread.hpp"
 #include "comm/communicator.hpp"
+#include "comm/job_request.hpp"
 #include "comm/tag_source.hpp"
 #include "engine/watchdog.hpp"
 
@@ -91,6 +92,7 @@ class Engine {
  private:
   void launch(std::size_t bucket);  // with mu_ held
   void launch_job(std::string label, std::function<void(StepContext&)> job);
+  RequestPtr launch_background(std::string label, std::function<void(StepContext&)> job);
   // Runs `hook` with a context of its own tags, outside mu_.
   void call_hook(const std::function<void(StepContext&)>& hook);
 
@@ -101,8 +103,10 @@ class Engine {
 
   using ViewSet = std::array<std::vector<BucketView>, kBucketRoles>;
   // A context over a snapshot of the views (which the caller keeps alive).
+  // A context over a snapshot of the views (which the caller keeps alive);
+  // `engine` null for one without launch and background.
   static StepContext context_of(Communicator& comm, const ViewSet& views, TagBlock tags, std::uint64_t step,
-                                std::function<void(std::string, std::function<void(StepContext&)>)> launch = {});
+                                Engine* engine = nullptr);
 
   mutable std::mutex mu_;
   std::vector<BucketSpec> buckets_;  // gradients: launched by mark_ready
@@ -118,8 +122,9 @@ class Engine {
   bool started_ = false;
   bool stopped_ = false;
 
-  // Last member: destroyed first, so no job outlives the state it uses.
+  // Last members: destroyed first, so no job outlives the state it uses.
   std::vector<std::unique_ptr<CommThread>> lanes_;
+  std::unique_ptr<CommThread> background_;  // StepContext::background's work
 };
 
 }  // namespace bagua
