@@ -91,6 +91,9 @@ struct ThreadContext {
 // move all weights at once (one exchange per step, whatever the model).
 std::vector<std::vector<std::size_t>> one_bucket_per_dtype(const std::vector<TensorInfo>& tensors);
 
+// Why the wrapper holds the weights (Algorithm::hold_weights).
+enum class WeightsHold { Read, Replace };
+
 // Named byte blobs: an algorithm's state that must survive a checkpoint.
 using AlgorithmState = std::map<std::string, std::vector<std::uint8_t>>;
 
@@ -141,6 +144,15 @@ class Algorithm {
   // algorithm_control): collective, every rank calls them in the same order.
   virtual std::vector<std::string> controls() const { return {}; }
   virtual void control(const std::string& /*name*/, StepContext& /*ctx*/) {}
+
+  // For an algorithm that changes the weights on its own thread, outside
+  // the training step: the wrapper holds the weights while a checkpoint
+  // copies them (Read) or loads new ones into them (Replace), then releases
+  // them. The algorithm keeps its thread's hands off meanwhile, and after a
+  // Replace drops any change computed from the old weights.
+  virtual bool moves_weights_in_background() const { return false; }
+  virtual void hold_weights(WeightsHold /*hold*/) {}
+  virtual void release_weights() {}
 
   // Whether what it does depends on the step count (a period, a peer
   // schedule): the checkpoint then carries the step even when the state

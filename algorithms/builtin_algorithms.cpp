@@ -12,6 +12,7 @@ void register_onebit_adam(AlgorithmRegistry& registry);
 void register_decentralized(AlgorithmRegistry& registry);
 void register_local_sgd(AlgorithmRegistry& registry);
 void register_low_precision_decentralized(AlgorithmRegistry& registry);
+void register_async_model_average(AlgorithmRegistry& registry);
 
 void register_builtin_algorithms(AlgorithmRegistry& registry) {
   register_gradient_allreduce(registry);
@@ -21,6 +22,7 @@ void register_builtin_algorithms(AlgorithmRegistry& registry) {
   register_decentralized(registry);
   register_local_sgd(registry);
   register_low_precision_decentralized(registry);
+  register_async_model_average(registry);
   registry.set_composer(compose_algorithm);
 }
 

@@ -193,6 +193,7 @@ class DistributedDataParallel(nn.Module):
         # Algorithm state (momenta, residuals) and the step travel in state_dict.
         self.register_state_dict_post_hook(_save_algorithm_state)
         self.register_load_state_dict_pre_hook(_load_algorithm_state)
+        self.register_load_state_dict_post_hook(_release_weights_after_load)
         self._has_optimizer = optimizer is not None
         self._sync_this_iteration = False
         self._callback_queued = False
@@ -279,6 +280,11 @@ class DistributedDataParallel(nn.Module):
                 self._buckets.append(flat)
                 self._bucket_members.append(list(members))
             self._engine.set_buckets("gradients", list(zip(self._buckets, self._bucket_members)), len(self._params))
+        elif self._buckets:
+            # The algorithm no longer wants gradients (a warm-up ended):
+            # backward must not wait for their buckets any more.
+            self._buckets, self._bucket_members = [], []
+            self._engine.set_buckets("gradients", [], len(self._params))
         if "weights" in roles:
             plan = self._engine.plan("weights", tensors, self.bucket_cap_mb, first)
             self._weight_buckets = [self._flatten(self._params, members, _set_data) for members in plan]
@@ -508,6 +514,16 @@ def _save_algorithm_state(module, state_dict, prefix, local_metadata) -> None:
     # Work launched after the last optimizer step (a gossip exchange) lands
     # first, so that the state is the one every rank has at this step.
     module._engine.drain()
+    if module._engine.moves_weights_in_background:
+        # state_dict's tensors are views of the live weights, which the
+        # algorithm's thread keeps moving: copy them while it is held off.
+        module._engine.hold_weights(replace=False)
+        try:
+            for key, value in state_dict.items():
+                if key.startswith(prefix) and isinstance(value, torch.Tensor):
+                    state_dict[key] = value.detach().clone()
+        finally:
+            module._engine.release_weights()
     state = module._engine.state_dict()
     if not state and not module._engine.depends_on_step:
         return  # stateless algorithms keep exactly torch DDP's keys
@@ -520,6 +536,11 @@ def _save_algorithm_state(module, state_dict, prefix, local_metadata) -> None:
 
 def _load_algorithm_state(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                           error_msgs) -> None:
+    if module._engine.moves_weights_in_background:
+        # Held until _release_weights_after_load: the algorithm's thread must
+        # neither write into the weights being loaded nor move them later by
+        # a difference taken from the old ones.
+        module._engine.hold_weights(replace=True)
     saved = state_dict.pop(prefix + _STATE_KEY, None)
     if saved is None:
         if strict and (module._engine.state_dict() or module._engine.depends_on_step):
@@ -537,6 +558,11 @@ def _load_algorithm_state(module, state_dict, prefix, local_metadata, strict, mi
         error_msgs.append(str(e))
         return
     module._engine.step = int(saved["step"])
+
+
+def _release_weights_after_load(module, incompatible_keys) -> None:
+    if module._engine.moves_weights_in_background:
+        module._engine.release_weights()
 
 
 def _views_of(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:

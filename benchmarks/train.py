@@ -24,9 +24,12 @@ rank's interface counters (the mean over ranks, per training step).
 Algorithms take turns in --rounds blocks of steps, so that drifts of the
 machine's speed affect all of them alike. Horovod trains in processes of its
 own, beside a torch DDP of its own that its speed_vs_ddp refers to (its
-background thread would slow everything else in the process). A step's time is its slowest
-rank's. Per algorithm: samples_per_s (all ranks' samples over the summed
-step times, warm-up steps excluded), step_ms_median, final_loss (mean over
+background thread would slow everything else in the process). Training
+time is the slowest rank's own total (for synchronous algorithms the sum of
+each step's slowest rank; ranks of an asynchronous one do not wait for each
+other); step_ms_median is the median of each step's slowest rank. Per
+algorithm: samples_per_s (all ranks' samples over the training time,
+warm-up steps excluded), step_ms_median, final_loss (mean over
 ranks of the loss averaged over the last five steps), time_to_target_s (the
 algorithm's own training time until that five-step mean first falls below
 --target-loss), and the loss curve against that training time; and the
@@ -245,6 +248,11 @@ class _Trainer:
         self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps, rank, world,
                                                       net, args, args.bucket_cap_mb)
         self.task = make_task(args.model, rank, args.batch_size, seed=args.seed)
+        # An algorithm with a thread of its own (async_model_average) would
+        # keep talking while the others take their turns and while it is
+        # evaluated: it is aborted between its blocks and around evaluation.
+        self.pausable = "abort" in getattr(self.model, "algorithm_controls", [])
+        self.paused = False
         self.held_out_set = self.task.held_out()
         # (step, training seconds so far, held-out loss), every --eval-every steps and at the end.
         self.held_out: list[tuple[int, float, float]] = []
@@ -263,7 +271,13 @@ class _Trainer:
         if uses_adam(algorithm) and algorithm != "ddp_adam" and args.adam_warmup_steps < args.steps:
             self.skip = max(self.skip, min(args.adam_warmup_steps + 1, args.steps - 1))
 
+    def _pause(self, paused: bool) -> None:
+        if self.pausable and paused != self.paused:
+            self.model.algorithm_control("abort" if paused else "resume")
+            self.paused = paused
+
     def run(self, steps: int, progress=None) -> None:
+        self._pause(False)
         # Bytes are counted from mark to mark, so none fall between steps.
         mark = tx_bytes(self.ifname)
         for _ in range(steps):
@@ -293,6 +307,7 @@ class _Trainer:
         # count in the next algorithm's block. Once every rank has passed a
         # barrier, each has received what it was sent, so the block's last
         # step gets them (and the barrier's few bytes).
+        self._pause(True)
         if steps:
             dist.barrier(group=self.gloo)
             self.step_bytes[-1] += tx_bytes(self.ifname) - mark
@@ -300,23 +315,33 @@ class _Trainer:
     @torch.no_grad()
     def evaluate(self) -> None:
         """Held-out loss now (not part of any step's time)."""
+        was_paused = self.paused
+        self._pause(True)
         self.model.eval()
         try:
             x, y = self.held_out_set
             value = float(self.task.loss(self.model(x), y))
         finally:
             self.model.train()
+        self._pause(was_paused)
         self.held_out.append((len(self.losses), sum(self.step_times), value))
 
     def summary(self, world, gloo) -> dict:
         args = self.args
-        # A step ends when its slowest rank has finished it.
-        t = torch.tensor(self.step_times, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=gloo)
+        # Training time is the slowest rank's own total. Ranks of a
+        # synchronous algorithm wait for each other inside every step, so
+        # this is the sum of the per-step maxima; ranks of an asynchronous
+        # one do not, and that sum would charge every rank's slow steps.
+        mine = torch.tensor(self.step_times, dtype=torch.float64)
+        everyone = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(everyone, mine, group=gloo)
+        per_rank = torch.stack(everyone)
+        t = per_rank.max(dim=0).values  # each step's slowest rank: the median step
         loss = torch.tensor(self.losses, dtype=torch.float64)
         dist.all_reduce(loss, group=gloo)
         mean_loss = (loss / world).tolist()
         timed = t[self.skip :]
+        timed_seconds = float(per_rank[:, self.skip :].sum(dim=1).max())
         # Loopback's counter is shared by all ranks: it already holds everyone's bytes.
         sent = torch.tensor([float(sum(self.step_bytes[self.skip :]))], dtype=torch.float64)
         if self.ifname != "lo":
@@ -327,7 +352,7 @@ class _Trainer:
         phases = torch.tensor(self.phases[self.skip :] or [(0.0, 0.0, 0.0)], dtype=torch.float64)
         phases = phases.median(dim=0).values
         dist.all_reduce(phases, op=dist.ReduceOp.MAX, group=gloo)
-        seconds = torch.cumsum(t, 0)
+        seconds = torch.cumsum(per_rank, 1).max(dim=0).values  # when every rank has done that many steps
         # Time to target: when the mean loss over the last SMOOTHING steps
         # first falls below it (one batch's loss is too noisy to decide).
         trailing = [statistics.fmean(mean_loss[max(0, i + 1 - SMOOTHING) : i + 1]) for i in range(len(mean_loss))]
@@ -348,7 +373,7 @@ class _Trainer:
             "batch_size": args.batch_size,
             "steps": args.steps,
             "timed_steps": timed_steps,
-            "samples_per_s": world * args.batch_size * len(timed) / float(timed.sum()),
+            "samples_per_s": world * args.batch_size * len(timed) / timed_seconds,
             "step_ms_median": 1000 * statistics.median(timed.tolist()),
             "phase_ms_median": dict(zip(("forward", "backward", "step"), (1000 * phases).tolist())),
             "final_loss": statistics.fmean(mean_loss[-SMOOTHING:]),

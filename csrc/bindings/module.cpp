@@ -255,6 +255,13 @@ PYBIND11_MODULE(_C, m) {
       .def("control", &Engine::control, py::arg("name"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("controls", &Engine::controls)
       .def_property_readonly("depends_on_step", [](Engine& e) { return e.algorithm().depends_on_step(); })
+      .def_property_readonly("moves_weights_in_background",
+                             [](Engine& e) { return e.algorithm().moves_weights_in_background(); })
+      .def(
+          "hold_weights",
+          [](Engine& e, bool replace) { e.algorithm().hold_weights(replace ? WeightsHold::Replace : WeightsHold::Read); },
+          py::arg("replace"), py::call_guard<py::gil_scoped_release>())
+      .def("release_weights", [](Engine& e) { e.algorithm().release_weights(); })
       .def("mark_ready", &Engine::mark_ready, py::arg("index"))
       .def("unready_tensors", &Engine::unready_tensors)
       .def("wait_all", &Engine::wait_all, py::call_guard<py::gil_scoped_release>())
