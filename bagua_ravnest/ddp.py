@@ -163,7 +163,8 @@ class DistributedDataParallel(nn.Module):
         self._src = self._group_ranks[0]
         self._host_keys = _host_keys(self.process_group)
 
-        spec = _with_optimizer_hyperparameters(resolve_algorithm(algorithm), optimizer)
+        spec = resolve_algorithm(algorithm)
+        spec = _with_optimizer_hyperparameters(spec, self._registry_name(spec), optimizer)
         self.algorithm = self._agree_on_configuration(spec)
 
         self._sync_module_states()
@@ -202,6 +203,20 @@ class DistributedDataParallel(nn.Module):
         self._unused: list[int] = []
 
     # ----- start-up ---------------------------------------------------------
+
+    def _registry_name(self, spec: str) -> str | None:
+        """The registered algorithm `spec` builds: its name, or for a composed
+        spec ("codec=...,exchange=...,schedule=...") the name of what the
+        composition makes of it; None when it does not build (the start-up
+        agreement then reports why, on every rank)."""
+        try:
+            name, _ = _C.parse_algorithm_spec(spec)
+            if not name:
+                canonical = _C.canonical_spec(spec, self._rank, self._world, self._host_keys)
+                name, _ = _C.parse_algorithm_spec(canonical)
+        except RuntimeError:
+            return None
+        return name if name in _C.algorithm_names() else None
 
     def _agree_on_configuration(self, spec: str) -> str:
         """Every rank must run the same algorithm on the same parameters. A
@@ -475,20 +490,19 @@ class DistributedDataParallel(nn.Module):
 _STATE_KEY = "_bagua_algorithm_state"
 
 
-def _with_optimizer_hyperparameters(spec: str, optimizer) -> str:
-    """An algorithm whose registry entry names an optimizer class (qadam's
-    QAdamOptimizer, say) shares hyperparameters with it: the optimizer must
-    be of that class, and it writes the spec."""
-    try:
-        name, options = _C.parse_algorithm_spec(spec)
-    except RuntimeError:
+def _with_optimizer_hyperparameters(spec: str, name: str | None, optimizer) -> str:
+    """`name`: the registered algorithm `spec` builds. One that acts after
+    the optimizer's step needs optimizer=; one whose registry entry names an
+    optimizer class (qadam's QAdamOptimizer, say) shares hyperparameters with
+    it: the optimizer must be of that class, and it writes the spec."""
+    if name is None:
         return spec  # the start-up agreement reports it, on every rank
-    if not name or name not in _C.algorithm_names():
-        return spec
+    written, options = _C.parse_algorithm_spec(spec)
     entry = describe_algorithm(name)
     if entry["needs_optimizer"] and optimizer is None:
+        what = name if written == name else f"{spec!r} (built as {name})"
         raise ValueError(
-            f"algorithm {name} acts after each optimizer step: pass optimizer= (the optimizer stepping these "
+            f"algorithm {what} acts after each optimizer step: pass optimizer= (the optimizer stepping these "
             f"parameters) to DistributedDataParallel"
         )
     needed = entry["optimizer"]

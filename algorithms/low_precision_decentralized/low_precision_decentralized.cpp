@@ -47,8 +47,8 @@ LowPrecisionDecentralized::LowPrecisionDecentralized(LowPrecisionDecentralizedOp
       error_feedback_(options_.codec == "sign1bit") {}
 
 std::string LowPrecisionDecentralized::spec() const {
-  return fmt::format("low_precision_decentralized:check_interval={},codec={}", options_.check_interval,
-                     options_.codec);
+  return fmt::format("low_precision_decentralized:check_interval={},codec={},communication_interval={}",
+                     options_.check_interval, options_.codec, options_.communication_interval);
 }
 
 void LowPrecisionDecentralized::init_operations(const BucketView& b, StepContext& ctx) {
@@ -77,6 +77,7 @@ void LowPrecisionDecentralized::post_optimizer_step_hook(StepContext& ctx) {
   // The previous exchange has finished (the end of backward waited for it),
   // so the replicas are consistent here.
   if (options_.check_interval > 0 && ctx.step % options_.check_interval == 0) check_invariant(ctx);
+  if ((ctx.step + 1) % options_.communication_interval != 0) return;
   for (const BucketView& b : ctx.weights) {
     Replicas& rep = buckets_.at(b.index);
     auto* x = static_cast<float*>(b.data);
@@ -162,11 +163,13 @@ void register_low_precision_decentralized(AlgorithmRegistry& registry) {
           "ring gossip of compressed weight differences with three replicas per rank (BAGUA's low-precision "
           "decentralized SGD); needs optimizer=",
           {{"codec", "minmax_uint8 (default), fp16, bf16, or sign1bit (with error feedback)"},
-           {"check_interval", "compare replica checksums with the neighbours every N steps (default 100; 0: never)"}},
+           {"check_interval", "compare replica checksums with the neighbours every N steps (default 100; 0: never)"},
+           {"communication_interval", "gossip after every N-th optimizer step (default 1)"}},
           [](const AlgorithmOptions& o, const WorldInfo& world) -> std::unique_ptr<Algorithm> {
             LowPrecisionDecentralizedOptions opts;
             opts.codec = option_choice(o, "codec", codec_choices(), opts.codec);
             opts.check_interval = option_count(o, "check_interval", opts.check_interval, 0);
+            opts.communication_interval = option_count(o, "communication_interval", opts.communication_interval);
             return std::make_unique<LowPrecisionDecentralized>(opts, world.rank, world.size);
           },
           /*optimizer=*/"", /*needs_optimizer=*/true});

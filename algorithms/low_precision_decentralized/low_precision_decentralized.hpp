@@ -26,6 +26,9 @@ namespace bagua {
 struct LowPrecisionDecentralizedOptions {
   std::string codec = "minmax_uint8";
   std::uint64_t check_interval = 100;  // 0: never
+  // Gossip after every N-th optimizer step; in between x moves alone and
+  // the replicas stay as they are.
+  std::uint64_t communication_interval = 1;
 };
 
 class LowPrecisionDecentralized final : public WholeModelAlgorithm {

@@ -73,7 +73,54 @@ TEST(Registry, ComposedSpecsBuildFromTheirParts) {
   EXPECT_NE(message("codec=zip").find("minmax_uint8"), std::string::npos);
   EXPECT_NE(message("codec=fp16,exchange=gossip").find("allreduce"), std::string::npos);
   EXPECT_NE(message("exchange=allreduce").find("name a codec"), std::string::npos);
-  EXPECT_NE(message("codec=fp16,schedule=every:4").find("parts are codec, exchange, hierarchical"),
+  EXPECT_NE(message("codec=fp16,when=now").find("parts are codec, exchange, schedule, hierarchical"),
+            std::string::npos);
+}
+
+TEST(Registry, ComposedWeightsSchedulesAndExchanges) {
+  auto& reg = AlgorithmRegistry::instance();
+  const WorldInfo world{1, 4, {0, 0, 1, 1}};
+  auto spec = [&](const std::string& text) { return reg.create(text, world)->spec(); };
+  EXPECT_EQ(spec("codec=minmax_uint8,exchange=decentralized:ring,schedule=every:4"),
+            "low_precision_decentralized:check_interval=100,codec=minmax_uint8,communication_interval=4");
+  EXPECT_EQ(spec("codec=sign1bit,exchange=decentralized:ring"),
+            "low_precision_decentralized:check_interval=100,codec=sign1bit,communication_interval=1");
+  EXPECT_EQ(spec("codec=identity,exchange=decentralized:shift_one,schedule=every:2,hierarchical=true"),
+            "decentralized:communication_interval=2,hierarchical=true,peer_selection_mode=shift_one");
+  EXPECT_EQ(spec("codec=sign1bit,schedule=every:4"),
+            "local_sgd:codec=sign1bit,nesterov=false,outer_lr=1,outer_momentum=0,overlap=false,period=4");
+  EXPECT_EQ(spec("codec=identity,exchange=decentralized:ring,schedule=async:200"),
+            "async_model_average:peer_selection_mode=ring,sync_interval_ms=200,warmup_steps=0");
+  EXPECT_EQ(spec("codec=identity,schedule=async:0"),
+            "async_model_average:peer_selection_mode=all,sync_interval_ms=0,warmup_steps=0");
+
+  // Each meaningless combination says why and lists what is valid.
+  auto message = [&](const std::string& text, const WorldInfo& w) {
+    try {
+      reg.create(text, w);
+    } catch (const InvalidArgument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const auto refused = [&](const std::string& text, const std::string& why) {
+    const std::string m = message(text, world);
+    EXPECT_NE(m.find(why), std::string::npos) << text << ": " << m;
+    EXPECT_NE(m.find("valid combinations"), std::string::npos) << text << ": " << m;
+  };
+  refused("codec=minmax_uint8,exchange=decentralized:shift_one", "needs fixed neighbours");
+  refused("codec=fp16,exchange=decentralized:all,schedule=every:3", "needs fixed neighbours");
+  refused("codec=fp16,schedule=async:100", "average exact fp32 snapshots");
+  refused("codec=sign1bit,exchange=allreduce", "error-feedback");
+  refused("codec=fp16,exchange=decentralized:ring,hierarchical=true", "hierarchical=true is built for");
+  refused("codec=identity,schedule=every:0", "whole number >= 1");
+  refused("codec=identity,schedule=sometimes", "not a schedule");
+  refused("codec=identity,exchange=decentralized", "not an exchange");
+  EXPECT_NE(message("codec=identity,exchange=decentralized:star", world).find("ring"), std::string::npos);
+  // shift_one on an odd world: the algorithm it builds refuses it, saying why.
+  const WorldInfo odd{0, 3, {0, 1, 2}};
+  EXPECT_NE(message("codec=identity,exchange=decentralized:shift_one", odd).find("even number"), std::string::npos);
+  EXPECT_NE(message("codec=identity,exchange=decentralized:shift_one,schedule=async:10", odd).find("even number"),
             std::string::npos);
 }
 
