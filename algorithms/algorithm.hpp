@@ -103,6 +103,9 @@ class Algorithm {
 
   // Canonical "name:key=value,..." form; equal on all ranks of one job.
   virtual std::string spec() const = 0;
+  // A plan the algorithm made at start-up (rings, shares, stages), in words
+  // for the user; empty when it has none.
+  virtual std::string plan_description() const { return {}; }
 
   // Which buckets the wrapper must build, asked again after need_reset().
   virtual std::vector<BucketRole> bucket_roles() const { return {BucketRole::Gradients}; }

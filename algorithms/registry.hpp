@@ -20,6 +20,13 @@ struct WorldInfo {
   int rank = 0;
   int size = 1;
   std::vector<long long> host_keys;  // one per rank; equal keys = same host
+  // Each rank's link rate in Mbit/s, for plans that size work by bandwidth.
+  // Asked only by an algorithm that needs it, on every rank alike: it may
+  // run a collective probe. Unset when a spec is only being validated.
+  std::function<std::vector<double>()> link_mbit;
+  // The smallest of every rank's value, under the same rules (an algorithm
+  // whose choice depends on this rank's machine must agree with the rest).
+  std::function<int(int)> min_over_ranks;
 };
 
 using AlgorithmOptions = std::map<std::string, std::string>;

@@ -13,6 +13,7 @@ import datetime
 import os
 import secrets
 import socket
+import sys
 import warnings
 
 import torch
@@ -21,15 +22,27 @@ import torch.distributed as dist
 from . import _C
 
 BACKEND_NAME = "bagua"
-ALLREDUCE_CHOICES = ("ring", "inner")
+ALLREDUCE_CHOICES = ("ring", "multi_ring", "inner")
 
 
 @dataclasses.dataclass
 class BackendOptions:
     """Options of the bagua backend; pass as ``init_process_group(..., pg_options=BackendOptions(...))``.
 
-    allreduce: "ring" (our pipelined ring, the default) or "inner" (the inner
-        Gloo/NCCL backend's own). Default from ``BAGUA_ALLREDUCE``.
+    allreduce: "ring" (our pipelined ring, the default), "multi_ring"
+        (several rings at once, each rank's chunk sized from its link rate:
+        docs/multi_ring.md) or "inner" (the inner Gloo/NCCL backend's own).
+        Default from ``BAGUA_ALLREDUCE``.
+    rings: rings run at once by multi_ring, or "auto" (one per core each
+        rank has to itself, at most 4). Default from ``BAGUA_RINGS`` or auto.
+    ring_directions: "one" (every multi_ring ring the same way, the
+        default) or "both" (every other ring the opposite way). Default from
+        ``BAGUA_RING_DIRECTIONS``.
+    link_mbit: each rank's link rate in Mbit/s for multi_ring, as
+        "1000,1000,100,20" (one per rank of the group). Default from
+        ``BAGUA_LINK_MBIT``; without it a short probe measures the links
+        when the group is made. Groups of another size than the list
+        (sub-groups) measure theirs.
     ring_chunk_bytes: pipelining unit of the ring. Default from
         ``BAGUA_RING_CHUNK_BYTES`` or 2 MiB.
     shm: send to ranks of the same host through shared memory rather than
@@ -43,6 +56,9 @@ class BackendOptions:
     ring_chunk_bytes: int | None = None
     shm: bool | None = None
     shm_bytes: int | None = None
+    rings: int | str | None = None
+    link_mbit: str | None = None
+    ring_directions: str | None = None
 
     def resolved(self) -> "BackendOptions":
         allreduce = self.allreduce or os.environ.get("BAGUA_ALLREDUCE", "ring")
@@ -63,7 +79,25 @@ class BackendOptions:
         shm_bytes = self.shm_bytes or int(os.environ.get("BAGUA_SHM_BYTES", 1 << 20))
         if shm_bytes < 4096:
             raise ValueError(f"bagua backend: shm_bytes must be at least 4096, got {shm_bytes}")
-        return BackendOptions(allreduce, chunk, shm, shm_bytes)
+        rings = self.rings or os.environ.get("BAGUA_RINGS", "auto")
+        if rings != "auto":
+            try:
+                rings = int(rings)
+            except ValueError:
+                rings = 0
+            if not 1 <= rings <= 8:
+                raise ValueError(
+                    f"bagua backend: rings must be auto or 1 to 8, got {self.rings or os.environ.get('BAGUA_RINGS')!r} "
+                    f"(BAGUA_RINGS or BackendOptions.rings)"
+                )
+        link_mbit = self.link_mbit if self.link_mbit is not None else os.environ.get("BAGUA_LINK_MBIT", "")
+        directions = self.ring_directions or os.environ.get("BAGUA_RING_DIRECTIONS", "one")
+        if directions not in ("one", "both"):
+            raise ValueError(
+                f"bagua backend: ring_directions={directions!r} is not one or both "
+                f"(BAGUA_RING_DIRECTIONS or BackendOptions.ring_directions)"
+            )
+        return BackendOptions(allreduce, chunk, shm, shm_bytes, rings, link_mbit, directions)
 
 
 def _timeout_seconds(timeout) -> float:
@@ -130,6 +164,14 @@ def _shared_memory(store, rank: int, size: int, timeout: datetime.timedelta, opt
     return transport if ok else None
 
 
+def _ranks_on_my_host(store, rank: int, size: int) -> int:
+    """How many ranks of the group share this rank's host (its cores)."""
+    store = dist.PrefixStore("bagua/hosts/", store)
+    store.set(str(rank), host_identity())
+    mine = store.get(str(rank))
+    return sum(store.get(str(r)) == mine for r in range(size))
+
+
 def _make_backend(store, rank: int, size: int, timeout: datetime.timedelta, options: BackendOptions, cuda: bool):
     # Separate key spaces in the store for each inner backend.
     cpu_inner = dist.ProcessGroupGloo(dist.PrefixStore("bagua/gloo/", store), rank, size, timeout)
@@ -138,15 +180,22 @@ def _make_backend(store, rank: int, size: int, timeout: datetime.timedelta, opti
         nccl_options = dist.ProcessGroupNCCL.Options()
         nccl_options._timeout = timeout
         cuda_inner = dist.ProcessGroupNCCL(dist.PrefixStore("bagua/nccl/", store), rank, size, nccl_options)
+    link_mbit = options.link_mbit if options.allreduce == "multi_ring" else ""
+    if link_mbit and len(link_mbit.split(",")) != size and dist.is_initialized():
+        link_mbit = ""  # the rates are the world's, by rank; a sub-group measures its own
     return _C.ProcessGroupBagua(
         rank,
         size,
         cpu_inner,
         cuda_inner,
-        options.allreduce == "ring",
+        options.allreduce,
         options.ring_chunk_bytes,
         _timeout_seconds(timeout),
         _shared_memory(store, rank, size, timeout, options),
+        0 if options.rings == "auto" else options.rings,
+        link_mbit,
+        options.ring_directions == "both",
+        _ranks_on_my_host(store, rank, size) if options.allreduce == "multi_ring" else 1,
     )
 
 
@@ -156,9 +205,13 @@ def _create(dist_options, pg_options):
             f"bagua backend: pg_options must be bagua_ravnest.BackendOptions, got {type(pg_options).__name__}"
         )
     options = (pg_options or BackendOptions()).resolved()
-    return _make_backend(
+    default_group = not dist.is_initialized()
+    backend = _make_backend(
         dist_options.store, dist_options.group_rank, dist_options.group_size, dist_options.timeout, options, cuda=True
     )
+    if backend.multi_ring_plan and dist_options.group_rank == 0 and default_group:
+        print(f"bagua: {backend.multi_ring_plan}", file=sys.stderr, end="", flush=True)
+    return backend
 
 
 # Private backends made so far per process group name: the n-th one of a
@@ -180,8 +233,15 @@ def private_backend(process_group, timeout_s: float):
     _private_counts[name] = n + 1
     store = dist.PrefixStore(f"bagua/private/{name}/{n}/", dist.distributed_c10d._get_default_store())
     timeout = datetime.timedelta(seconds=timeout_s)
+    # Its own all-reduce is never used (the engine runs the algorithm's), so
+    # it never plans or probes for multi_ring.
     return _make_backend(
-        store, dist.get_rank(process_group), process_group.size(), timeout, BackendOptions().resolved(), cuda=False
+        store,
+        dist.get_rank(process_group),
+        process_group.size(),
+        timeout,
+        BackendOptions(allreduce="ring").resolved(),
+        cuda=False,
     )
 
 
@@ -191,3 +251,19 @@ def register() -> None:
         return
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     dist.Backend.register_backend(BACKEND_NAME, _create, extended_api=True, devices=devices)
+
+
+def link_mbit_of(process_group) -> list[float]:
+    """The link rates (Mbit/s, by group rank) for plans over ``process_group``:
+    ``BAGUA_LINK_MBIT`` when it lists one rate per rank of the group, else
+    the rates its bagua backend planned a multi-ring all-reduce with, else
+    [] (an algorithm that needs them measures them)."""
+    size = process_group.size()
+    text = os.environ.get("BAGUA_LINK_MBIT", "")
+    if text and len(text.split(",")) == size:
+        return _C.parse_link_mbit(text, size)
+    try:
+        backend = process_group._get_backend(torch.device("cpu"))
+    except RuntimeError:
+        return []
+    return list(backend.link_mbit) if isinstance(backend, _C.ProcessGroupBagua) else []

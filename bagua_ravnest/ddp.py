@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import os
 import socket
+import sys
 import zlib
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 
 from . import _C
 from .algorithms import describe_algorithm, resolve_algorithm
-from .backend import private_backend
+from .backend import link_mbit_of, private_backend
 
 # DDP's first bucket is small so that communication starts early.
 _FIRST_BUCKET_MB = 1.0
@@ -179,7 +180,10 @@ class DistributedDataParallel(nn.Module):
             self._host_keys,
             self._timeout_s,
             lanes,
+            link_mbit_of(self.process_group),
         )
+        if self._rank == 0 and self._engine.plan_description:
+            print(f"bagua: {self._engine.plan_description}", file=sys.stderr, end="", flush=True)
         self._views: list[torch.Tensor | None] = [None] * len(self._params)
         self._buckets: list[torch.Tensor] = []
         self._bucket_members: list[list[int]] = []

@@ -51,6 +51,9 @@ FULL = [(None, 30), ("1000", 24), ("100", 18), ("1000,1000,100,20", 16)]
 # which keeps them stable after so short a warm-up (docs/qadam.md).
 ADAM = ["--adam-lr", "1e-3", "--adam-warmup-steps", "4"]
 PRECONDITIONED = ["qadam:precondition=true", "onebit_adam:precondition=true"]
+# Options of a registered algorithm that change how it communicates, run
+# beside it in the matrix.
+VARIANTS = [*PRECONDITIONED, "gradient_allreduce:allreduce=multi_ring"]
 QUICK = [(None, 6), ("200", 6)]
 # The real-data task: (bandwidth, steps, held-out target). 120 steps of
 # batch 8 take DDP's held-out loss from 5.5 to about 2.4 nats per byte.
@@ -76,7 +79,7 @@ def algorithms() -> str:
     baselines = [b for b in train.BASELINES if b != "horovod" or horovod_available()]
     if "horovod" not in baselines:
         print("bench: Horovod is not installed, its rows are left out (build it with `make horovod`)")
-    return ",".join(baselines + bagua_ravnest.algorithm_names() + PRECONDITIONED)
+    return ",".join(baselines + bagua_ravnest.algorithm_names() + VARIANTS)
 
 
 def _network_tag(bandwidth) -> str:

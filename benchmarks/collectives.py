@@ -10,7 +10,11 @@ busbw_GBps = algbw * 2(n-1)/n, the traffic each rank's link carries in an
 uncompressed ring. The implementations take turns iteration by iteration
 so that all see the same machine conditions.
 
-impl: bagua_ring (the "bagua" backend's all-reduce), gloo, and the backend's
+impl: bagua_ring (the "bagua" backend's all-reduce), bagua_multi_ring (the
+backend with allreduce="multi_ring": several rings at once, each rank's
+chunk sized from its link rate, docs/multi_ring.md; the rates are measured
+by the backend's probe, or with --multi-ring-rates given taken from
+--bandwidth-mbit as a user would write BAGUA_LINK_MBIT), gloo, and the backend's
 compressed all-reduces bagua_bytegrad (minmax_uint8), bagua_fp16 and
 bagua_sign1bit (docs/codecs.md; sign1bit without error feedback, as a speed
 figure only). Their algbw/busbw count the fp32 bytes reduced, so they can
@@ -46,7 +50,7 @@ from machine import machine_info  # noqa: E402
 from netem.cluster import NetemUnavailable  # noqa: E402
 from netem.network import network  # noqa: E402
 
-IMPLS = ("bagua_ring", "gloo", "bagua_bytegrad", "bagua_fp16", "bagua_sign1bit", "tcp_ring")
+IMPLS = ("bagua_ring", "bagua_multi_ring", "gloo", "bagua_bytegrad", "bagua_fp16", "bagua_sign1bit", "tcp_ring")
 # The compressed all-reduces of the bagua backend, by their codec.
 CODEC_OF = {"bagua_bytegrad": "minmax_uint8", "bagua_fp16": "fp16", "bagua_sign1bit": "sign1bit"}
 
@@ -96,11 +100,18 @@ class _TcpRing:
             s.close()
 
 
-def _bench(rank, world, sizes, iters, warmup, impls, addresses):
+def _bench(rank, world, sizes, iters, warmup, impls, addresses, multi_ring_rates):
     torch.set_num_threads(1)
     gloo = dist.new_group(backend="gloo")
     bagua = dist.group.WORLD._get_backend(torch.device("cpu"))
     tcp = _TcpRing(rank, world, addresses[rank], gloo) if "tcp_ring" in impls else None
+    multi = plan = None
+    if "bagua_multi_ring" in impls:
+        from bagua_ravnest import BackendOptions
+
+        options = BackendOptions(allreduce="multi_ring", link_mbit=multi_ring_rates or "")
+        multi = dist.new_group(backend="bagua", pg_options=options)
+        plan = multi._get_backend(torch.device("cpu")).multi_ring_plan
 
     def allreduce(impl, t):
         if impl == "tcp_ring":
@@ -109,6 +120,8 @@ def _bench(rank, world, sizes, iters, warmup, impls, addresses):
             dist.all_reduce(t, group=gloo)
         elif impl == "bagua_ring":
             dist.all_reduce(t)  # the default group, backend "bagua"
+        elif impl == "bagua_multi_ring":
+            dist.all_reduce(t, group=multi)
         else:
             bagua.compressed_allreduce(t, CODEC_OF[impl]).wait()
 
@@ -143,6 +156,7 @@ def _bench(rank, world, sizes, iters, warmup, impls, addresses):
                     "iterations": iters,
                     # Bytes a rank sends per byte of fp32 data, relative to an uncompressed ring.
                     "wire_ratio": _wire_ratio(impl, size // 4, world),
+                    **({"plan": plan} if impl == "bagua_multi_ring" else {}),
                 }
             )
     if tcp is not None:
@@ -169,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--impls", default=",".join(IMPLS),
                     help=f"which all-reduces, comma-separated (default: all of {', '.join(IMPLS)})")
     ap.add_argument("--bandwidth-mbit", help="emulated link rate(s) in Mbit/s: one, or one per rank (needs root)")
+    ap.add_argument("--multi-ring-rates", choices=("probe", "given"), default="probe",
+                    help="bagua_multi_ring's link rates: measured by its probe (default) or the --bandwidth-mbit rates")
     ap.add_argument("--json", dest="json_path", help="write the rows here")
     args = ap.parse_args(argv)
     if args.iters < 10:
@@ -181,10 +197,17 @@ def main(argv=None) -> int:
         if i not in IMPLS:
             ap.error(f"unknown impl {i!r}; choose from {', '.join(IMPLS)}")
 
+    given = None
+    if args.multi_ring_rates == "given":
+        if not args.bandwidth_mbit:
+            ap.error("--multi-ring-rates given needs --bandwidth-mbit")
+        rates = args.bandwidth_mbit.split(",")
+        given = ",".join(rates * args.world_size if len(rates) == 1 else rates)
+
     try:
         with network(args.bandwidth_mbit, args.world_size) as net:
             addresses = [net.address_of(r) for r in range(args.world_size)]
-            rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup, impls, addresses,
+            rows = values(run_world(_bench, args.world_size, sizes, args.iters, args.warmup, impls, addresses, given,
                                     env={"BAGUA_ALLREDUCE": "ring", **net.env}, timeout=3600, netns=net.netns,
                                     hostnames=net.hostnames))[0]
     except (NetemUnavailable, ValueError) as e:
@@ -194,6 +217,10 @@ def main(argv=None) -> int:
         r["link_mbit"] = net.bottleneck_mbit
         r["busbw_over_link"] = r["busbw_GBps"] * 8e3 / net.bottleneck_mbit if net.bottleneck_mbit else None
     print(f"network: {net.label}")
+    for r in rows:
+        if r.get("plan"):
+            print(r["plan"], end="")
+            break
     print(f"{'impl':<12} {'bytes':>10} {'seconds':>10} {'algbw GB/s':>11} {'busbw GB/s':>11} {'of link':>8}")
     for r in rows:
         of_link = f"{r['busbw_over_link']:.2f}" if r["busbw_over_link"] is not None else "-"

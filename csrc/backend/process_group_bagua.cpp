@@ -5,8 +5,12 @@
 #include <numeric>
 
 #include "backend/scalar_type.hpp"
+#include "collectives/agree.hpp"
 #include "collectives/compressed_allreduce.hpp"
+#include "collectives/link_probe.hpp"
+#include "collectives/multi_ring_allreduce.hpp"
 #include "comm/tags.hpp"
+#include "core/cpu_affinity.hpp"
 #include "core/error.hpp"
 
 namespace bagua {
@@ -47,6 +51,18 @@ ProcessGroupBagua::ProcessGroupBagua(int rank, int size, c10::intrusive_ptr<c10d
                                       cpu_inner_->getSize(), rank, size));
   }
   cpu_comm_ = communicator(options_.timeout);
+  if (options_.allreduce == BackendAllreduce::MultiRing) {
+    // Collective, like the group's creation itself: every rank probes (or
+    // checks that it was given the same rates) before the first all-reduce.
+    std::vector<double> rates = options_.link_mbit;
+    if (rates.empty() && size > 1) rates = probe_link_mbit(*cpu_comm_, tags::kSetup);
+    check_same_link_mbit(*cpu_comm_, rates);
+    MultiRingOptions multi = options_.multi_ring;
+    if (multi.rings == 0) multi.rings = min_over_ranks(*cpu_comm_, auto_rings(available_cores(), options_.ranks_on_host));
+    std::vector<int> ranks(size);
+    std::iota(ranks.begin(), ranks.end(), 0);
+    plan_ = MultiRingPlan::make(std::move(ranks), std::move(rates), multi);
+  }
 }
 
 CommunicatorPtr ProcessGroupBagua::communicator(std::chrono::milliseconds timeout) const {
@@ -81,7 +97,7 @@ c10d::Backend& ProcessGroupBagua::route(const std::vector<at::Tensor>& tensors) 
 
 bool ProcessGroupBagua::ring_eligible(const std::vector<at::Tensor>& tensors,
                                       const c10d::AllreduceOptions& opts) const {
-  if (!options_.ring_allreduce || tensors.size() != 1) return false;
+  if (options_.allreduce == BackendAllreduce::Inner || tensors.size() != 1) return false;
   const at::Tensor& t = tensors.front();
   return t.device().is_cpu() && t.layout() == at::kStrided && t.is_contiguous() &&
          to_dtype(t.scalar_type()).has_value() && to_bagua_op(opts.reduceOp).has_value() && getSize() > 1;
@@ -93,6 +109,13 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allreduce(std::vector<at::Tens
   const at::Tensor t = tensors.front();
   const DType dtype = *to_dtype(t.scalar_type());
   const ReduceOp op = *to_bagua_op(opts.reduceOp);
+  if (plan_) {
+    return submit_allreduce(t, "bagua:multi_ring_allreduce",
+                            [t, dtype, op, plan = *plan_, ring_opts = options_.ring](Communicator& comm, Tag tag) {
+                              multi_ring_allreduce(comm, plan, t.data_ptr(), static_cast<std::size_t>(t.numel()),
+                                                   dtype, op, tag, ring_opts);
+                            });
+  }
   return submit_allreduce(t, "bagua:ring_allreduce", [t, dtype, op, ring_opts = options_.ring](Communicator& comm, Tag tag) {
     ring_allreduce(comm, Ring::natural(comm.size()), t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype, op, tag,
                    ring_opts);
@@ -121,7 +144,8 @@ c10::intrusive_ptr<RingWork> ProcessGroupBagua::submit_allreduce(const at::Tenso
   // Sequence number and submission under one lock: all-reduces issued from
   // several threads still reach the backend thread in tag order.
   std::lock_guard lock(mu_);
-  const Tag tag = tags::kBackendBase + (ring_seq_++ % tags::kSpan);
+  // Each operation owns kPerOperation tags (a multi-ring one uses a tag per ring).
+  const Tag tag = tags::kBackendBase + (ring_seq_++ % (tags::kSpan / tags::kPerOperation)) * tags::kPerOperation;
   last_ring_work_ = work;
   thread_->submit(
       [comm = cpu_comm_, work, run = std::move(run), tag] {

@@ -1,27 +1,42 @@
 // ProcessGroupBagua: the "bagua" torch.distributed backend.
 //
-// All-reduce of dense CPU tensors runs our pipelined ring (or, when asked,
-// the inner backend's); every other collective is handed to the inner
-// backend of the tensors' device (Gloo for CPU, NCCL for CUDA), so any torch
-// code, stock DDP included, runs on it unchanged.
+// All-reduce of dense CPU tensors runs our pipelined ring (or our
+// multi-ring, or when asked the inner backend's); every other collective is
+// handed to the inner backend of the tensors' device (Gloo for CPU, NCCL for
+// CUDA), so any torch code, stock DDP included, runs on it unchanged.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "backend/ring_work.hpp"
 #include "collectives/ring_allreduce.hpp"
+#include "topology/multi_ring_plan.hpp"
 #include "backend/c10d_communicator.hpp"
 #include "comm/hybrid_communicator.hpp"
 #include "comm/comm_thread.hpp"
 
 namespace bagua {
 
+enum class BackendAllreduce {
+  Ring,       // our pipelined ring
+  MultiRing,  // several rings at once, shares sized from link rates
+  Inner,      // the inner backend's own
+};
+
 struct BackendOptions {
-  bool ring_allreduce = true;  // false: the inner backend's all-reduce
+  BackendAllreduce allreduce = BackendAllreduce::Ring;
   RingOptions ring;
+  MultiRingOptions multi_ring;
+  // Each rank's link rate (Mbit/s) for the multi-ring plan; empty: measured
+  // by a probe when the group is made.
+  std::vector<double> link_mbit;
+  // multi_ring.rings == 0 asks for auto_rings(); this rank's share of its
+  // host's cores decides it (the smallest over ranks wins).
+  int ranks_on_host = 1;
   std::chrono::milliseconds timeout{std::chrono::minutes(30)};
 };
 
@@ -38,6 +53,9 @@ class ProcessGroupBagua final : public c10d::Backend {
 
   const std::string getBackendName() const override { return "bagua"; }
   const BackendOptions& options() const { return options_; }
+  // The multi-ring plan when the all-reduce is multi_ring (made, with a
+  // probe when no rates were given, while the group is set up).
+  const std::optional<MultiRingPlan>& multi_ring_plan() const { return plan_; }
   // A communicator over this group's transports (shared memory and the inner
   // CPU backend) whose waits use `timeout`: what a DDP engine talks through.
   CommunicatorPtr communicator(std::chrono::milliseconds timeout) const;
@@ -121,6 +139,7 @@ class ProcessGroupBagua final : public c10d::Backend {
   BackendOptions options_;
   std::shared_ptr<ShmTransport> shm_;
   CommunicatorPtr cpu_comm_;
+  std::optional<MultiRingPlan> plan_;
   std::uint32_t ring_seq_ = 0;
   std::mutex mu_;
   c10::intrusive_ptr<RingWork> last_ring_work_;

@@ -11,14 +11,18 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "algorithms/registry.hpp"
+#include "backend/c10d_communicator.hpp"
 #include "backend/process_group_bagua.hpp"
 #include "backend/scalar_type.hpp"
-#include "backend/c10d_communicator.hpp"
 #include "codec/codec.hpp"
 #include "codec/cuda/cuda_codec.hpp"
+#include "collectives/agree.hpp"
+#include "collectives/link_probe.hpp"
 #include "comm/shm_transport.hpp"
+#include "comm/tags.hpp"
 #include "core/error.hpp"
 #include "engine/engine.hpp"
+#include "topology/link_rates.hpp"
 
 namespace py = pybind11;
 using namespace bagua;
@@ -97,17 +101,32 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<ProcessGroupBagua, c10d::Backend, c10::intrusive_ptr<ProcessGroupBagua>>(m, "ProcessGroupBagua")
       .def(py::init([](int rank, int size, const c10::intrusive_ptr<c10d::Backend>& cpu_inner,
-                       const c10::intrusive_ptr<c10d::Backend>& cuda_inner, bool ring_allreduce,
-                       std::size_t ring_chunk_bytes, double timeout_s, std::shared_ptr<ShmTransport> shm) {
+                       const c10::intrusive_ptr<c10d::Backend>& cuda_inner, const std::string& allreduce,
+                       std::size_t ring_chunk_bytes, double timeout_s, std::shared_ptr<ShmTransport> shm, int rings,
+                       const std::string& link_mbit, bool both_directions, int ranks_on_host) {
              BackendOptions opts;
-             opts.ring_allreduce = ring_allreduce;
+             if (allreduce == "ring") {
+               opts.allreduce = BackendAllreduce::Ring;
+             } else if (allreduce == "multi_ring") {
+               opts.allreduce = BackendAllreduce::MultiRing;
+             } else if (allreduce == "inner") {
+               opts.allreduce = BackendAllreduce::Inner;
+             } else {
+               throw InvalidArgument(fmt::format("bagua backend: allreduce '{}' is not ring, multi_ring or inner", allreduce));
+             }
              if (ring_chunk_bytes == 0) throw InvalidArgument("ring_chunk_bytes must be positive");
              opts.ring.chunk_bytes = ring_chunk_bytes;
+             opts.multi_ring.rings = rings;
+             opts.multi_ring.both_directions = both_directions;
+             if (rings < 0) throw InvalidArgument("rings must be 0 (auto) or positive");
+             opts.ranks_on_host = ranks_on_host;
+             if (!link_mbit.empty()) opts.link_mbit = parse_link_mbit(link_mbit, size);
              opts.timeout = to_ms(timeout_s);
              return c10::make_intrusive<ProcessGroupBagua>(rank, size, cpu_inner, cuda_inner, opts, std::move(shm));
            }),
-           py::arg("rank"), py::arg("size"), py::arg("cpu_inner"), py::arg("cuda_inner"), py::arg("ring_allreduce"),
-           py::arg("ring_chunk_bytes"), py::arg("timeout_s"), py::arg("shm") = nullptr)
+           py::arg("rank"), py::arg("size"), py::arg("cpu_inner"), py::arg("cuda_inner"), py::arg("allreduce"),
+           py::arg("ring_chunk_bytes"), py::arg("timeout_s"), py::arg("shm") = nullptr, py::arg("rings") = 2,
+           py::arg("link_mbit") = "", py::arg("both_directions") = false, py::arg("ranks_on_host") = 1)
       .def(
           "communicator",
           [](const ProcessGroupBagua& pg, double timeout_s) { return pg.communicator(to_ms(timeout_s)); },
@@ -118,7 +137,28 @@ PYBIND11_MODULE(_C, m) {
                              "Tags with receives or messages in flight on shared memory (0 when idle).")
       .def("compressed_allreduce", &ProcessGroupBagua::compressed_allreduce, py::arg("tensor"), py::arg("codec"),
            "Average of a float32 CPU tensor through a compressed all-reduce with `codec`; returns a Work.")
-      .def_property_readonly("ring_allreduce", [](const ProcessGroupBagua& pg) { return pg.options().ring_allreduce; });
+      .def_property_readonly("allreduce",
+                             [](const ProcessGroupBagua& pg) {
+                               switch (pg.options().allreduce) {
+                                 case BackendAllreduce::Ring: return "ring";
+                                 case BackendAllreduce::MultiRing: return "multi_ring";
+                                 case BackendAllreduce::Inner: break;
+                               }
+                               return "inner";
+                             })
+      .def_property_readonly(
+          "multi_ring_plan",
+          [](const ProcessGroupBagua& pg) -> std::optional<std::string> {
+            if (!pg.multi_ring_plan()) return std::nullopt;
+            return pg.multi_ring_plan()->describe();
+          },
+          "The multi-ring plan in words (None unless allreduce is multi_ring).")
+      .def_property_readonly(
+          "link_mbit",
+          [](const ProcessGroupBagua& pg) {
+            return pg.multi_ring_plan() ? pg.multi_ring_plan()->link_mbit() : std::vector<double>{};
+          },
+          "The link rates (Mbit/s, by rank) the multi-ring plan was made from, given or measured; [] otherwise.");
 
   py::class_<Codec, std::shared_ptr<Codec>>(m, "Codec", "A wire codec (csrc/codec): encode values, decode bytes.")
       .def(py::init([](const std::string& name, std::size_t block_elems) {
@@ -186,6 +226,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("codec_names", [] { return codec_names(); });
 
   m.def("algorithm_names", [] { return AlgorithmRegistry::instance().names(); });
+  m.def("parse_link_mbit", [](const std::string& text, int size) { return parse_link_mbit(text, size); },
+        py::arg("text"), py::arg("size"), "BAGUA_LINK_MBIT's form: one positive rate (Mbit/s) per rank.");
   m.def("algorithm_info", [](const std::string& name) {
     const auto& e = AlgorithmRegistry::instance().entry(name);
     return py::make_tuple(e.summary, e.options, e.optimizer, e.needs_optimizer);
@@ -205,14 +247,26 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
       .def(py::init([](std::shared_ptr<Communicator> comm, const std::string& spec, std::vector<long long> host_keys,
-                       double timeout_s, int lanes) {
-             auto algo = AlgorithmRegistry::instance().create(
-                 spec, WorldInfo{comm->rank(), comm->size(), std::move(host_keys)});
+                       double timeout_s, int lanes, std::vector<double> link_mbit) {
+             WorldInfo world{comm->rank(), comm->size(), std::move(host_keys)};
+             // Given rates (BAGUA_LINK_MBIT, or the ones the process group
+             // measured) or, only if the algorithm asks, a probe now.
+             world.link_mbit = [comm, link_mbit = std::move(link_mbit)] {
+               std::vector<double> rates = link_mbit;
+               if (rates.empty() && comm->size() > 1) rates = probe_link_mbit(*comm, tags::kSetup);
+               check_same_link_mbit(*comm, rates);
+               return rates;
+             };
+             world.min_over_ranks = [comm](int value) { return min_over_ranks(*comm, value); };
+             auto algo = AlgorithmRegistry::instance().create(spec, world);
              return std::make_shared<Engine>(std::move(comm), std::shared_ptr<Algorithm>(std::move(algo)),
                                              to_ms(timeout_s), lanes);
            }),
-           py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"), py::arg("lanes") = 2)
+           py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"), py::arg("lanes") = 2,
+           py::arg("link_mbit") = std::vector<double>{})
       .def_property_readonly("spec", [](Engine& e) { return e.algorithm().spec(); })
+      .def_property_readonly("plan_description", [](Engine& e) { return e.algorithm().plan_description(); },
+                             "The algorithm's start-up plan in words ('' when it has none).")
       .def_property("step", &Engine::step, &Engine::set_step)
       .def("bucket_roles",
            [](const Engine& e) {

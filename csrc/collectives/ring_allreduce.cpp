@@ -18,10 +18,10 @@ struct Plan {
   std::size_t elem = 0;
 };
 
-Plan make_plan(std::size_t count, int n, DType dtype, std::size_t chunk_bytes) {
+Plan make_plan(const std::vector<Segment>& segments, DType dtype, std::size_t chunk_bytes) {
   Plan plan;
   plan.elem = dtype_size(dtype);
-  plan.segments = partition(count, n);
+  plan.segments = segments;
   const std::size_t max_count = std::max<std::size_t>(1, chunk_bytes / plan.elem);
   for (const auto& s : plan.segments) plan.pieces.push_back(split(s, max_count));
   return plan;
@@ -31,12 +31,25 @@ Plan make_plan(std::size_t count, int n, DType dtype, std::size_t chunk_bytes) {
 
 void ring_allreduce(Communicator& comm, const Ring& ring, void* data, std::size_t count, DType dtype,
                     ReduceOp op, Tag tag, const RingOptions& options) {
+  ring_allreduce(comm, ring, data, partition(count, ring.size()), dtype, op, tag, options);
+}
+
+void ring_allreduce(Communicator& comm, const Ring& ring, void* data, const std::vector<Segment>& segments,
+                    DType dtype, ReduceOp op, Tag tag, const RingOptions& options) {
   const int n = ring.size();
   const int p = ring.position_of(comm.rank());
   if (p < 0) throw InvalidArgument(fmt::format("ring_allreduce: rank {} is not in the ring", comm.rank()));
+  if (static_cast<int>(segments.size()) != n) {
+    throw InvalidArgument(fmt::format("ring_allreduce: {} segments for a ring of {}", segments.size(), n));
+  }
+  std::size_t count = 0, largest = 0;
+  for (const auto& s : segments) {
+    count += s.count;
+    largest = std::max(largest, s.count);
+  }
   if (n == 1 || count == 0) return;  // the average of one value is itself
 
-  const Plan plan = make_plan(count, n, dtype, options.chunk_bytes);
+  const Plan plan = make_plan(segments, dtype, options.chunk_bytes);
   const int right = ring.right_of(p);
   const int left = ring.left_of(p);
   const auto timeout = comm.timeout();
@@ -45,7 +58,7 @@ void ring_allreduce(Communicator& comm, const Ring& ring, void* data, std::size_
 
   // Two scratch halves: step s receives into half s % 2 while the recvs of
   // step s + 1 are already posted into the other half.
-  const std::size_t half = plan.segments[0].count * plan.elem;
+  const std::size_t half = largest * plan.elem;
   std::uint8_t* scratch = thread_scratch(2 * half);
 
   auto post_reduce_recvs = [&](int step) {

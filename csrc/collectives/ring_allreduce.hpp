@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include "comm/communicator.hpp"
 #include "topology/ring.hpp"
@@ -23,5 +24,12 @@ struct RingOptions {
 // communicator's timeout. fp16/bf16 are reduced in fp32, pairwise.
 void ring_allreduce(Communicator& comm, const Ring& ring, void* data, std::size_t count, DType dtype,
                     ReduceOp op, Tag tag, const RingOptions& options = {});
+
+// The same over caller-chosen segments of `data`: segments[j] is ring
+// segment j, owned by position j - 1 after the reduce-scatter; any sizes,
+// zero included (a multi-ring plan sizes them from link rates). Every rank
+// must pass the same segments.
+void ring_allreduce(Communicator& comm, const Ring& ring, void* data, const std::vector<Segment>& segments,
+                    DType dtype, ReduceOp op, Tag tag, const RingOptions& options = {});
 
 }  // namespace bagua

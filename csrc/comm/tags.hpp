@@ -17,7 +17,10 @@ constexpr Tag kAlgorithmThreadBase = 3u << 24;
 // Each range wraps around after this many tags; operations that far apart
 // are never in flight together.
 constexpr Tag kSpan = 1u << 24;
-// Tags per operation of an engine or an algorithm's thread (TagSource).
+// Tags per operation of an engine, the backend or an algorithm's thread.
 constexpr Tag kPerOperation = 16;
+// One-off exchanges while a backend or engine is set up (the link probe),
+// before any operation of its own: the last tag of the backend's range.
+constexpr Tag kSetup = kAlgorithmThreadBase - 1;
 
 }  // namespace bagua::tags

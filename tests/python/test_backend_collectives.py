@@ -162,15 +162,15 @@ def _subgroups_and_inner(rank, world):
         dist.all_reduce(t, group=pair)
     whole = torch.arange(100, dtype=torch.float32) * (rank + 1)
     dist.all_reduce(whole)
-    return backend.ring_allreduce, t[0].item(), whole[1].item()
+    return backend.allreduce, t[0].item(), whole[1].item()
 
 
-@pytest.mark.parametrize("allreduce,expect_ring", [("ring", True), ("inner", False)])
-def test_subgroups_and_allreduce_choice(allreduce, expect_ring):
+@pytest.mark.parametrize("allreduce", ["ring", "multi_ring", "inner"])
+def test_subgroups_and_allreduce_choice(allreduce):
     world = 4
     out = values(run_world(_subgroups_and_inner, world, env={"BAGUA_ALLREDUCE": allreduce}))
     for rank, (ring, sub, whole) in enumerate(out):
-        assert ring is expect_ring
+        assert ring == allreduce
         assert sub == (3.0 if rank in (0, 1) else rank + 1)
         assert whole == sum(range(1, world + 1))
 

@@ -23,10 +23,13 @@ def _run(args, tmp_path):
 def test_collectives_json(tmp_path):
     data = _run(["benchmarks/collectives.py", "--world-size", "2", "--sizes", "4K,64K", "--iters", "10"], tmp_path)
     rows = data["rows"]
-    impls = ("bagua_ring", "gloo", "bagua_bytegrad", "bagua_fp16", "bagua_sign1bit", "tcp_ring")
+    impls = ("bagua_ring", "bagua_multi_ring", "gloo", "bagua_bytegrad", "bagua_fp16", "bagua_sign1bit", "tcp_ring")
     assert {(r["impl"], r["bytes"]) for r in rows} == {(i, b) for i in impls for b in (4096, 65536)}
     ratio = {r["impl"]: r["wire_ratio"] for r in rows if r["bytes"] == 65536}
-    assert ratio["bagua_ring"] == ratio["gloo"] == ratio["tcp_ring"] == 1.0 and ratio["bagua_fp16"] == 0.5
+    assert ratio["bagua_ring"] == ratio["bagua_multi_ring"] == ratio["gloo"] == ratio["tcp_ring"] == 1.0
+    assert ratio["bagua_fp16"] == 0.5
+    # The multi-ring rows carry the plan its probe made.
+    assert all(r["plan"].startswith("multi_ring plan: 2 ranks") for r in rows if r["impl"] == "bagua_multi_ring")
     assert 0.25 < ratio["bagua_bytegrad"] < 0.26 and ratio["bagua_sign1bit"] < 0.04
     for r in rows:
         assert r["op"] == "allreduce" and r["world_size"] == 2 and r["seconds"] > 0

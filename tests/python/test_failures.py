@@ -76,6 +76,6 @@ def test_different_parameter_shapes_fail_at_start():
 def test_registry_lists_algorithms():
     assert "gradient_allreduce" in bagua_ravnest.algorithm_names()
     info = bagua_ravnest.describe_algorithm("gradient_allreduce")
-    assert set(info["options"]) == {"allreduce", "hierarchical"}
+    assert set(info["options"]) == {"allreduce", "hierarchical", "rings", "directions"}
     with pytest.raises(bagua_ravnest.InvalidArgument, match="available: .*gradient_allreduce"):
         bagua_ravnest.describe_algorithm("nope")

@@ -50,6 +50,46 @@ TEST(Registry, BadOptionsAreExplained) {
   EXPECT_EQ(a->spec(), "gradient_allreduce:allreduce=ring,hierarchical=true");
 }
 
+TEST(Registry, MultiRingGradientAllreduce) {
+  auto& reg = AlgorithmRegistry::instance();
+  int asked = 0;
+  WorldInfo world{0, 4, {}};
+  world.link_mbit = [&] {
+    ++asked;
+    return std::vector<double>{};
+  };
+  // The rates are asked only by an algorithm that plans with them.
+  EXPECT_EQ(reg.create("gradient_allreduce", world)->spec(), "gradient_allreduce:allreduce=ring,hierarchical=false");
+  EXPECT_EQ(asked, 0);
+  int agreed = 0;
+  world.min_over_ranks = [&](int v) {
+    ++agreed;
+    EXPECT_GE(v, 1);
+    EXPECT_LE(v, 4);
+    return 1;
+  };
+  auto a = reg.create("gradient_allreduce:allreduce=multi_ring", world);
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(agreed, 1);  // rings=auto: this rank's proposal, agreed with the others
+  EXPECT_EQ(a->spec(), "gradient_allreduce:allreduce=multi_ring,hierarchical=false,rings=auto,directions=one");
+  EXPECT_NE(a->plan_description().find("1 ring ("), std::string::npos) << a->plan_description();
+  EXPECT_EQ(reg.create("gradient_allreduce:allreduce=multi_ring,rings=3", world)->spec(),
+            "gradient_allreduce:allreduce=multi_ring,hierarchical=false,rings=3,directions=one");
+  EXPECT_EQ(agreed, 1);  // a number given is not agreed: it is the same everywhere
+  EXPECT_NE(a->plan_description().find("equal chunks"), std::string::npos);
+  // Validation (no rates at all) builds the same canonical form.
+  EXPECT_EQ(reg.create(a->spec(), WorldInfo{0, 4, {}})->spec(), a->spec());
+  EXPECT_THROW(reg.create("gradient_allreduce:rings=2", world), InvalidArgument);
+  EXPECT_THROW(reg.create("gradient_allreduce:directions=both", world), InvalidArgument);
+  EXPECT_THROW(reg.create("gradient_allreduce:allreduce=multi_ring,directions=up", world), InvalidArgument);
+  EXPECT_EQ(reg.create("gradient_allreduce:allreduce=multi_ring,directions=both,rings=4", world)->spec(),
+            "gradient_allreduce:allreduce=multi_ring,hierarchical=false,rings=4,directions=both");
+  EXPECT_THROW(reg.create("gradient_allreduce:allreduce=multi_ring,rings=0", world), InvalidArgument);
+  EXPECT_THROW(reg.create("gradient_allreduce:allreduce=multi_ring,rings=9", world), InvalidArgument);
+  EXPECT_THROW(reg.create("gradient_allreduce:allreduce=multi_ring,hierarchical=true", WorldInfo{0, 2, {5, 5}}),
+               InvalidArgument);
+}
+
 TEST(Registry, ComposedSpecsBuildFromTheirParts) {
   auto& reg = AlgorithmRegistry::instance();
   const WorldInfo world{0, 4, {0, 0, 1, 1}};

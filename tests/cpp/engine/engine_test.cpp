@@ -84,6 +84,47 @@ TEST(Engine, LanesRunBucketsConcurrentlyAndCorrectly) {
   for (auto& t : threads) t.join();
 }
 
+TEST(Engine, MultiRingGradientAllreduceOnUnevenLinksWithLanes) {
+  // gradient_allreduce:allreduce=multi_ring asks the world for link rates
+  // (once, on every rank), plans uneven shares from them, and averages
+  // buckets that overlap on three lanes, each operation over three rings
+  // with its own tags.
+  constexpr int n = 4;
+  auto world = LoopbackWorld::create(n);
+  std::atomic<int> asked{0};
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < n; ++rank) {
+    threads.emplace_back([&, rank] {
+      WorldInfo info{rank, n, {}};
+      info.link_mbit = [&] {
+        ++asked;
+        return std::vector<double>{1000, 1000, 100, 20};
+      };
+      auto algo = AlgorithmRegistry::instance().create("gradient_allreduce:allreduce=multi_ring,rings=3", info);
+      EXPECT_EQ(algo->spec(), "gradient_allreduce:allreduce=multi_ring,hierarchical=false,rings=3,directions=one");
+      EXPECT_NE(algo->plan_description().find("20 Mbit/s"), std::string::npos) << algo->plan_description();
+      Engine engine(world->communicator(rank, 5s), std::move(algo), 5s, /*lanes=*/3);
+      std::vector<std::vector<float>> data(5);
+      std::vector<BucketSpec> specs;
+      for (std::size_t b = 0; b < 5; ++b) {
+        data[b].assign(70'000 + b, float(rank * 10 + b));  // parts above 64 KiB: all three rings run
+        specs.push_back({data[b].data(), data[b].size(), DType::F32, {b}});
+      }
+      engine.set_buckets(specs, 5);
+      for (int iteration = 0; iteration < 2; ++iteration) {
+        for (std::size_t i = 0; i < 5; ++i) engine.mark_ready(rank % 2 == 0 ? i : 4 - i);
+        engine.wait_all();
+      }
+      // Mean over ranks of rank*10 + b is 15 + b; averaged again, unchanged.
+      for (std::size_t b = 0; b < 5; ++b) {
+        for (float v : data[b]) ASSERT_EQ(v, 15.f + b) << "bucket " << b;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(asked.load(), n);
+}
+
 TEST(Engine, DeadPeerBecomesTimeoutNamingRankOpAndBucket) {
   auto world = LoopbackWorld::create(2);
   world->kill(1);
