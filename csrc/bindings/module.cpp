@@ -22,6 +22,7 @@
 #include "comm/tags.hpp"
 #include "core/error.hpp"
 #include "engine/engine.hpp"
+#include "topology/cluster_plan.hpp"
 #include "topology/link_rates.hpp"
 
 namespace py = pybind11;
@@ -226,6 +227,71 @@ PYBIND11_MODULE(_C, m) {
   m.def("codec_names", [] { return codec_names(); });
 
   m.def("algorithm_names", [] { return AlgorithmRegistry::instance().names(); });
+  m.def(
+      "plan_clusters",
+      [](const std::vector<std::map<std::string, py::object>>& nodes, const std::vector<std::map<std::string, double>>& layers,
+         int micro_batch, double optimizer_state_factor, int max_clusters, const std::string& method) {
+        std::vector<PlanNode> ns;
+        for (const auto& d : nodes) {
+          auto need = [&](const char* key) {
+            auto it = d.find(key);
+            if (it == d.end()) throw InvalidArgument(fmt::format("a node has no '{}'", key));
+            return it->second;
+          };
+          ns.push_back({py::str(need("name")), need("memory_gb").cast<double>() * 1e9, need("compute").cast<double>(),
+                        need("bandwidth_mbit").cast<double>()});
+        }
+        std::vector<LayerProfile> ls;
+        for (std::size_t i = 0; i < layers.size(); ++i) {
+          auto need = [&](const char* key) {
+            auto it = layers[i].find(key);
+            if (it == layers[i].end()) throw InvalidArgument(fmt::format("layer {} has no '{}'", i, key));
+            return it->second;
+          };
+          ls.push_back({need("param_bytes"), need("activation_bytes_per_sample"), need("compute_s_per_sample")});
+        }
+        PlanOptions options;
+        options.micro_batch = micro_batch;
+        options.optimizer_state_factor = optimizer_state_factor;
+        options.max_clusters = max_clusters;
+        if (method != "bagua" && method != "ravnest") {
+          throw InvalidArgument(fmt::format("plan method '{}' is not bagua or ravnest", method));
+        }
+        const ClusterPlanResult r = method == "bagua" ? plan_clusters(ns, ls, options) : plan_clusters_ravnest(ns, ls, options);
+        py::list clusters;
+        for (const auto& c : r.clusters) {
+          py::list stages;
+          for (const auto& st : c.stages) {
+            py::dict d;
+            d["node"] = ns[st.node].name;
+            d["first_layer"] = st.first_layer;
+            d["end_layer"] = st.end_layer;
+            d["memory_bytes"] = st.memory_bytes;
+            d["compute_s"] = st.compute_s;
+            d["transfer_s"] = st.transfer_s;
+            d["time_s"] = st.time_s;
+            stages.append(d);
+          }
+          py::dict cd;
+          cd["stages"] = stages;
+          cd["time_per_microbatch_s"] = c.time_per_microbatch_s;
+          clusters.append(cd);
+        }
+        py::list unused;
+        for (int u : r.unused) unused.append(ns[u].name);
+        py::dict out;
+        out["method"] = method;
+        out["clusters"] = clusters;
+        out["unused"] = unused;
+        out["fits"] = r.fits;
+        out["samples_per_s"] = r.samples_per_s;
+        out["explanation"] = r.explanation;
+        return out;
+      },
+      py::arg("nodes"), py::arg("layers"), py::arg("micro_batch"), py::arg("optimizer_state_factor"),
+      py::arg("max_clusters") = 0, py::arg("method") = "bagua",
+      "Ravnest's cluster planner (topology/cluster_plan.hpp): nodes as dicts with name, memory_gb, compute, "
+      "bandwidth_mbit; layers with param_bytes, activation_bytes_per_sample, compute_s_per_sample.");
   m.def("parse_link_mbit", [](const std::string& text, int size) { return parse_link_mbit(text, size); },
         py::arg("text"), py::arg("size"), "BAGUA_LINK_MBIT's form: one positive rate (Mbit/s) per rank.");
   m.def("algorithm_info", [](const std::string& name) {
