@@ -4,6 +4,7 @@
 
 #include <numeric>
 
+#include "backend/message_work.hpp"
 #include "backend/scalar_type.hpp"
 #include "collectives/agree.hpp"
 #include "collectives/compressed_allreduce.hpp"
@@ -258,18 +259,45 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::alltoall(std::vector<at::Tenso
   return route(inputs).alltoall(outputs, inputs, opts);
 }
 
+bool ProcessGroupBagua::through_shared_memory(const std::vector<at::Tensor>& tensors, int peer) const {
+  return shm_ && shm_->has_peer(peer) && tensors.size() == 1 && tensors.front().device().is_cpu() &&
+         tensors.front().layout() == at::kStrided;
+}
+
 c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::send(std::vector<at::Tensor>& tensors, int dst_rank, int tag) {
   check_user_tag(tag);
-  return route(tensors).send(tensors, dst_rank, tag);
+  if (!through_shared_memory(tensors, dst_rank)) return route(tensors).send(tensors, dst_rank, tag);
+  const at::Tensor& t = tensors.front();
+  at::Tensor staging = t.is_contiguous() ? t : t.contiguous();
+  // The transport keeps the tensor until it is sent: torch code may drop the Work.
+  RequestPtr request = staging.nbytes() == 0 ? std::make_shared<CompletedRequest>()
+                                             : shm_->isend(staging.data_ptr(), staging.nbytes(), dst_rank,
+                                                           static_cast<Tag>(tag), std::make_shared<at::Tensor>(staging));
+  return c10::make_intrusive<MessageWork>(getRank(), c10d::OpType::SEND, "bagua:send", std::move(request), t,
+                                          std::move(staging), options_.timeout);
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::recv(std::vector<at::Tensor>& tensors, int src_rank, int tag) {
   check_user_tag(tag);
-  return route(tensors).recv(tensors, src_rank, tag);
+  if (!through_shared_memory(tensors, src_rank)) return route(tensors).recv(tensors, src_rank, tag);
+  const at::Tensor& t = tensors.front();
+  at::Tensor staging = t.is_contiguous() ? t : at::empty_like(t, at::MemoryFormat::Contiguous);
+  // Empty messages are never sent (as the engine's transports do), so both
+  // ends agree; the transport keeps the target until the message is in.
+  RequestPtr request = staging.nbytes() == 0 ? std::make_shared<CompletedRequest>()
+                                             : shm_->irecv(staging.data_ptr(), staging.nbytes(), src_rank,
+                                                           static_cast<Tag>(tag), std::make_shared<at::Tensor>(staging));
+  return c10::make_intrusive<MessageWork>(getRank(), c10d::OpType::RECV, "bagua:recv", std::move(request), t,
+                                          std::move(staging), options_.timeout);
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::recvAnysource(std::vector<at::Tensor>& tensors, int tag) {
   check_user_tag(tag);
+  if (shm_ && !shm_->peers().empty()) {
+    throw InvalidArgument(
+        "bagua backend: recv without a source cannot see what ranks of this host send, which goes through shared "
+        "memory; name the source (src=), or turn shared memory off with BAGUA_SHM=0");
+  }
   return route(tensors).recvAnysource(tensors, tag);
 }
 

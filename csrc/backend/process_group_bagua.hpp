@@ -1,9 +1,11 @@
 // ProcessGroupBagua: the "bagua" torch.distributed backend.
 //
 // All-reduce of dense CPU tensors runs our pipelined ring (or our
-// multi-ring, or when asked the inner backend's); every other collective is
-// handed to the inner backend of the tensors' device (Gloo for CPU, NCCL for
-// CUDA), so any torch code, stock DDP included, runs on it unchanged.
+// multi-ring, or when asked the inner backend's); send/recv of CPU tensors
+// between ranks of one host go through shared memory; every other
+// collective is handed to the inner backend of the tensors' device (Gloo
+// for CPU, NCCL for CUDA), so any torch code, stock DDP included, runs on
+// it unchanged.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -127,6 +129,9 @@ class ProcessGroupBagua final : public c10d::Backend {
   c10d::Backend& route(const std::vector<at::Tensor>& tensors) const;
   c10d::Backend& route(const at::Tensor& tensor) const;
   bool ring_eligible(const std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) const;
+  // A user's send/recv of one CPU tensor to a rank of this host goes through
+  // shared memory; everything else through the inner backend.
+  bool through_shared_memory(const std::vector<at::Tensor>& tensors, int peer) const;
   // Queues `run` (which gets the tensor's data, the communicator and a tag)
   // on the backend thread; returns its Work.
   c10::intrusive_ptr<RingWork> submit_allreduce(const at::Tensor& t, const char* name,

@@ -112,6 +112,7 @@ struct ShmOp final : Request {
   Tag tag = 0;
   State state = State::Queued;  // guarded by link->mu
   std::exception_ptr error;
+  std::shared_ptr<void> keep_alive;  // the buffer's owner, held while a queue holds the operation
 
   std::string describe() const {
     return fmt::format("rank {}: shared-memory {} of {} bytes {} rank {} (tag {})", link->rank,
@@ -337,10 +338,12 @@ ShmTransport::Link& ShmTransport::link(int peer) const {
   return *it->second;
 }
 
-RequestPtr ShmTransport::isend(const void* data, std::size_t bytes, int peer, Tag tag) {
+RequestPtr ShmTransport::isend(const void* data, std::size_t bytes, int peer, Tag tag,
+                               std::shared_ptr<void> keep_alive) {
   Link& l = link(peer);
   auto op = std::make_shared<ShmOp>();
   op->link = links_.at(peer);
+  op->keep_alive = std::move(keep_alive);
   op->send = true;
   op->data = const_cast<void*>(data);  // only read
   op->bytes = bytes;
@@ -355,10 +358,11 @@ RequestPtr ShmTransport::isend(const void* data, std::size_t bytes, int peer, Ta
   return op;
 }
 
-RequestPtr ShmTransport::irecv(void* data, std::size_t bytes, int peer, Tag tag) {
+RequestPtr ShmTransport::irecv(void* data, std::size_t bytes, int peer, Tag tag, std::shared_ptr<void> keep_alive) {
   Link& l = link(peer);
   auto op = std::make_shared<ShmOp>();
   op->link = links_.at(peer);
+  op->keep_alive = std::move(keep_alive);
   op->data = data;
   op->bytes = bytes;
   op->tag = tag;

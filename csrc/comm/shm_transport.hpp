@@ -39,8 +39,11 @@ class ShmTransport {
   bool has_peer(int peer) const;
   // The connected peers (empty before connect()).
   std::vector<int> peers() const;
-  RequestPtr isend(const void* data, std::size_t bytes, int peer, Tag tag);
-  RequestPtr irecv(void* data, std::size_t bytes, int peer, Tag tag);
+  // `keep_alive` (optional) owns the buffer: the transport holds it until
+  // the operation is done, so a caller may drop its request (as torch code
+  // drops an isend's Work) without the buffer going away under the copy.
+  RequestPtr isend(const void* data, std::size_t bytes, int peer, Tag tag, std::shared_ptr<void> keep_alive = nullptr);
+  RequestPtr irecv(void* data, std::size_t bytes, int peer, Tag tag, std::shared_ptr<void> keep_alive = nullptr);
 
   // Tags with receives waiting or messages not yet received, over all
   // peers: bounded by what is in flight, never by how many tags were used.
