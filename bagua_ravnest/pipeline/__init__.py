@@ -1,7 +1,9 @@
 """Pipelines of stages (Ravnest): the model profile the cluster planner
-needs. The asynchronous pipeline runtime itself is still to come
+needs, and the first piece of the asynchronous pipeline runtime, weight
+stashing (VersionStore). The runtime's loop is still to come
 (docs/planner.md says what exists)."""
 
 from .profile import calibration_seconds, profile
+from .versions import Version, VersionStore
 
-__all__ = ["calibration_seconds", "profile"]
+__all__ = ["Version", "VersionStore", "calibration_seconds", "profile"]
