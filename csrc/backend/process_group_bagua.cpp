@@ -62,7 +62,7 @@ ProcessGroupBagua::ProcessGroupBagua(int rank, int size, c10::intrusive_ptr<c10d
     if (multi.rings == 0) multi.rings = min_over_ranks(*cpu_comm_, auto_rings(available_cores(), options_.ranks_on_host));
     std::vector<int> ranks(size);
     std::iota(ranks.begin(), ranks.end(), 0);
-    plan_ = MultiRingPlan::make(std::move(ranks), std::move(rates), multi);
+    plan_ = std::make_shared<const MultiRingPlan>(MultiRingPlan::make(std::move(ranks), std::move(rates), multi));
   }
 }
 
@@ -112,8 +112,8 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupBagua::allreduce(std::vector<at::Tens
   const ReduceOp op = *to_bagua_op(opts.reduceOp);
   if (plan_) {
     return submit_allreduce(t, "bagua:multi_ring_allreduce",
-                            [t, dtype, op, plan = *plan_, ring_opts = options_.ring](Communicator& comm, Tag tag) {
-                              multi_ring_allreduce(comm, plan, t.data_ptr(), static_cast<std::size_t>(t.numel()),
+                            [t, dtype, op, plan = plan_, ring_opts = options_.ring](Communicator& comm, Tag tag) {
+                              multi_ring_allreduce(comm, *plan, t.data_ptr(), static_cast<std::size_t>(t.numel()),
                                                    dtype, op, tag, ring_opts);
                             });
   }

@@ -57,7 +57,8 @@ class ProcessGroupBagua final : public c10d::Backend {
   const BackendOptions& options() const { return options_; }
   // The multi-ring plan when the all-reduce is multi_ring (made, with a
   // probe when no rates were given, while the group is set up).
-  const std::optional<MultiRingPlan>& multi_ring_plan() const { return plan_; }
+  // Null otherwise.
+  const MultiRingPlan* multi_ring_plan() const { return plan_.get(); }
   // A communicator over this group's transports (shared memory and the inner
   // CPU backend) whose waits use `timeout`: what a DDP engine talks through.
   CommunicatorPtr communicator(std::chrono::milliseconds timeout) const;
@@ -144,7 +145,7 @@ class ProcessGroupBagua final : public c10d::Backend {
   BackendOptions options_;
   std::shared_ptr<ShmTransport> shm_;
   CommunicatorPtr cpu_comm_;
-  std::optional<MultiRingPlan> plan_;
+  std::shared_ptr<const MultiRingPlan> plan_;  // shared with the jobs that run it
   std::uint32_t ring_seq_ = 0;
   std::mutex mu_;
   c10::intrusive_ptr<RingWork> last_ring_work_;

@@ -296,12 +296,11 @@ ClusterPlanResult plan_clusters(const std::vector<PlanNode>& nodes, const std::v
                                       gb(least), options.micro_batch, n, gb(total), gb(least - total)));
   }
 
-  std::map<std::uint64_t, std::optional<ClusterPlan>> cache;  // by member mask
+  // Partitions share groups: each group's best chain is computed once.
+  std::map<std::vector<int>, std::optional<ClusterPlan>> cache;  // by members
   auto cluster_for = [&](const std::vector<int>& members) -> const std::optional<ClusterPlan>& {
-    std::uint64_t mask = 0;
-    for (int m : members) mask |= 1ull << m;
-    auto it = cache.find(mask);
-    if (it == cache.end()) it = cache.emplace(mask, best_cluster(nodes, members, layers, prefix, options)).first;
+    auto it = cache.find(members);
+    if (it == cache.end()) it = cache.emplace(members, best_cluster(nodes, members, layers, prefix, options)).first;
     return it->second;
   };
   const int max_clusters = options.max_clusters > 0 ? options.max_clusters : n;

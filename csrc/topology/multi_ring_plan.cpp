@@ -25,19 +25,17 @@ struct Model {
   int next(int i) const { return (i + 1) % n; }
   int prev(int i) const { return (i + n - 1) % n; }
   // Coefficients of the shares in what rank i sends (or receives), in units
-  // of the buffer: 2 - f_i - (what its successors own).
-  std::vector<double> sent(int i) const {
+  // of the buffer: 2 - f_i - (what its successor, or predecessor, owns in
+  // each ring).
+  std::vector<double> sent(int i) const { return skipped(i, next(i), prev(i)); }
+  std::vector<double> received(int i) const { return skipped(i, prev(i), next(i)); }
+  // Rank i's own share, and `forward_side`'s in forward rings or the other
+  // side's in reverse ones.
+  std::vector<double> skipped(int i, int forward_side, int reverse_side) const {
     std::vector<double> c(n, 0.0);
     c[i] += 1.0;
-    c[next(i)] += forward;
-    c[prev(i)] += 1.0 - forward;
-    return c;
-  }
-  std::vector<double> received(int i) const {
-    std::vector<double> c(n, 0.0);
-    c[i] += 1.0;
-    c[prev(i)] += forward;
-    c[next(i)] += 1.0 - forward;
+    c[forward_side] += forward;
+    c[reverse_side] += 1.0 - forward;
     return c;
   }
   static double moved(const std::vector<double>& coefficients, const std::vector<double>& shares) {
@@ -275,7 +273,8 @@ std::vector<Segment> MultiRingPlan::segments(int k, Segment part) const {
   std::vector<std::size_t> counts(n);
   if (!uneven_) {
     // Exactly ring_allreduce's equal partition.
-    for (int j = 0; j < n; ++j) counts[j] = partition(part.count, n)[j].count;
+    const std::vector<Segment> equal = partition(part.count, n);
+    for (int j = 0; j < n; ++j) counts[j] = equal[j].count;
   } else {
     // Segment j belongs to position j - 1; its size is that rank's share,
     // rounded by largest remainder so that the sizes add up to the part.
