@@ -1,5 +1,5 @@
 """`make bench`: every algorithm against torch DDP and its relaxations, in
-three parts, each regenerating its own section of docs/benchmarks.md
+four parts, each regenerating its own section of docs/benchmarks.md
 (between its markers) and its pictures:
 
 - matrix: the all-reduce at 16 MiB and a convnet training run where all
@@ -12,7 +12,11 @@ three parts, each regenerating its own section of docs/benchmarks.md
 - adam: qadam and onebit_adam with their defaults and a 4-step warm-up
   against exact Adam (ddp_adam), on charlm and the convnet, world 2 and 4,
   loopback (the loss of a synchronous algorithm does not depend on the
-  network).
+  network);
+- pipeline: the asynchronous pipeline against torch's GPipe and 1F1B on
+  charlm as an nn.Sequential (benchmarks/pipeline.py): world 2 on loopback
+  and world 4 on 100 Mbit/s links, balanced and with one stage at half a
+  core.
 
     python benchmarks/bench.py                 # everything, needs root, about 40 min
     python benchmarks/bench.py --parts adam    # the Adam family only, about 3 min, no root needed
@@ -31,18 +35,20 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import collectives  # noqa: E402
+import pipeline  # noqa: E402
 import plot  # noqa: E402
 import report  # noqa: E402
 import train  # noqa: E402
 
 import bagua_ravnest  # noqa: E402
 
-PARTS = ("matrix", "realdata", "adam")
+PARTS = ("matrix", "realdata", "adam", "pipeline")
 # Each part's section of the docs lies between its two markers.
 MARKERS = {part: (f"<!-- make bench{'' if part == 'matrix' else ' ' + part}: begin -->",
                   f"<!-- make bench{'' if part == 'matrix' else ' ' + part}: end -->") for part in PARTS}
 HEADINGS = {"matrix": "Standard matrix", "realdata": "Real data: every algorithm on charlm",
-            "adam": "The Adam family on a short warm-up"}
+            "adam": "The Adam family on a short warm-up",
+            "pipeline": "Pipelines: async against torch's GPipe and 1F1B"}
 # (network, steps): fewer steps where a step takes seconds, but enough for
 # DDP to reach the target loss everywhere (about 11 steps).
 FULL = [(None, 30), ("1000", 24), ("100", 18), ("1000,1000,100,20", 16)]
@@ -63,6 +69,12 @@ REALDATA_QUICK = (None, 6, 5.0)
 ADAM_FAMILY = "ddp_adam,qadam,onebit_adam"
 ADAM_RUNS = [("charlm", 2, 120), ("charlm", 4, 120), ("convnet", 2, 100), ("convnet", 4, 100)]
 ADAM_QUICK = [("charlm", 2, 6)]
+# Pipeline schedules on charlm as an nn.Sequential: (world, bandwidth, slow
+# stage, steps). World 2 on loopback (a core per stage: idle time is
+# real); world 4 over 100 Mbit/s links (four stages share two cores, so
+# without a network one stage's bubble is filled by another's compute).
+PIPELINE_CASES = [(2, None, None, 60), (2, None, 1, 60), (4, "100", None, 40), (4, "100", 3, 40)]
+PIPELINE_QUICK = [(2, None, None, 6)]
 
 
 def horovod_available() -> bool:
@@ -143,6 +155,29 @@ def run_adam(args, model: str, world: int, steps: int) -> dict:
     _train(adam_json(args, model, world), args, model, world, 8, ADAM_FAMILY, steps, 1,
            ["--eval-every", str(max(1, steps // 6))])
     return _load(adam_json(args, model, world))
+
+
+def pipeline_json(args, world: int, bandwidth, slow) -> str:
+    tag = f"w{world}_{_network_tag(bandwidth)}" + (f"_slow{slow}" if slow is not None else "")
+    return os.path.join(args.out, f"pipeline_{tag}.json")
+
+
+def run_pipeline(args, world: int, bandwidth, slow, steps: int) -> dict:
+    path = pipeline_json(args, world, bandwidth, slow)
+    extra = (["--bandwidth-mbit", bandwidth] if bandwidth is not None else []) + (
+        ["--slow-stage", str(slow)] if slow is not None else [])
+    # async with its default bound (S in flight) and with 2S, which a slow
+    # link needs to keep the stages busy (docs/pipeline.md).
+    schedules = f"async,async:max_in_flight={2 * world},torch_gpipe,torch_1f1b"
+    if pipeline.main(["--world-size", str(world), "--steps", str(steps), "--schedules", schedules, "--json", path,
+                      *extra]) != 0:
+        raise RuntimeError(f"benchmarks/pipeline.py failed for world {world}, network {bandwidth}, slow {slow}")
+    return _load(path)
+
+
+def pipeline_section(runs: list[dict]) -> str:
+    return _generated("pipeline", [f"Machine: {report.machine_line(runs[0])}.", "", report.pipeline_table(runs),
+                                   ""])
 
 
 def _generated(part: str, body: list[str]) -> str:
@@ -241,6 +276,10 @@ def main(argv=None) -> int:
         runs = [_load(adam_json(args, m, w)) if args.render else run_adam(args, m, w, steps)
                 for m, w, steps in (ADAM_QUICK if args.quick else ADAM_RUNS)]
         write_docs(args.docs, adam_section(runs), "adam")
+    if "pipeline" in parts:
+        runs = [_load(pipeline_json(args, w, bw, slow)) if args.render else run_pipeline(args, w, bw, slow, steps)
+                for w, bw, slow, steps in (PIPELINE_QUICK if args.quick else PIPELINE_CASES)]
+        write_docs(args.docs, pipeline_section(runs), "pipeline")
     print(f"updated {args.docs}")
     return 0
 

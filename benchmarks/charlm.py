@@ -95,6 +95,58 @@ class CharLM(nn.Module):
         return self.norm(h) @ self.embed.weight.t()  # logits over the 256 byte values
 
 
+class Embed(nn.Module):
+    """Byte and position embeddings: the first layer of the pipeline form."""
+
+    def __init__(self, context: int, width: int):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, width)
+        self.position = nn.Parameter(torch.zeros(context, width))
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.position, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed(tokens) + self.position[: tokens.shape[1]]
+
+
+class CausalBlock(nn.Module):
+    """One pre-norm transformer block with its own causal mask, so that it
+    is a layer of an nn.Sequential (a pipeline cuts between blocks)."""
+
+    def __init__(self, context: int, width: int, heads: int):
+        super().__init__()
+        self.block = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
+                                                activation="gelu", batch_first=True, norm_first=True)
+        mask = torch.triu(torch.full((context, context), -math.inf), diagonal=1)
+        self.register_buffer("causal", mask, persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        t = h.shape[1]
+        return self.block(h, src_mask=self.causal[:t, :t], is_causal=True)
+
+
+class Head(nn.Module):
+    """Final norm and the projection to byte logits (untied from the
+    embedding: in a pipeline they live on different stages)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, VOCAB, bias=False)
+        nn.init.normal_(self.out.weight, std=0.02)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(h))
+
+
+def sequential_layers(context: int = 64, width: int = 128, layers: int = 4, heads: int = 4) -> list:
+    """The char LM as factories of the layers of an nn.Sequential (embedding,
+    `layers` blocks, head), for pipelines: a stage builds only its own
+    (bagua_ravnest.pipeline.stage_module)."""
+    return ([lambda: Embed(context, width)] + [lambda: CausalBlock(context, width, heads)] * layers
+            + [lambda: Head(width)])
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
 

@@ -93,6 +93,24 @@ def adam_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pipeline_table(runs: list[dict]) -> str:
+    """One line per case and schedule of benchmarks/pipeline.py: speed and
+    held-out loss against torch's schedules of the same run."""
+    lines = ["| stages | network | slow stage | schedule | samples/s | step ms | vs torch_gpipe | vs torch_1f1b | "
+             "held-out loss | vs torch_1f1b | peak RSS per stage (MiB) |",
+             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for data in runs:
+        for r in data["rows"]:
+            slow = f"{r['slow_stage']['stage']} at {r['slow_stage']['cpu']:g} core" if r.get("slow_stage") else "—"
+            speed = [f"×{r[k]:.2f}" if k in r else "—" for k in ("speed_vs_torch_gpipe", "speed_vs_torch_1f1b")]
+            held = f"{100 * (r['held_out_vs_torch_1f1b'] - 1):+.1f}%" if "held_out_vs_torch_1f1b" in r else "—"
+            rss = " / ".join(f"{b / 2**20:.0f}" for b in r["peak_memory_bytes"])
+            lines.append(f"| {r['world_size']} | {r['network']} | {slow} | {r['schedule']} | {r['samples_per_s']:.1f} | "
+                         f"{r['step_ms_median']:.1f} | {speed[0]} | {speed[1]} | {r['held_out_loss']:.4f} | {held} | "
+                         f"{rss} |")
+    return "\n".join(lines)
+
+
 def machine_line(data: dict) -> str:
     m = data["machine"]
     line = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}"

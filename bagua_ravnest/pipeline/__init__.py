@@ -1,9 +1,13 @@
-"""Pipelines of stages (Ravnest): the model profile the cluster planner
-needs, and the first piece of the asynchronous pipeline runtime, weight
-stashing (VersionStore). The runtime's loop is still to come
-(docs/planner.md says what exists)."""
+"""Pipelines of stages (Ravnest, docs/pipeline.md): the model profile the
+cluster planner needs, where to cut a Sequential, and the asynchronous
+pipeline runtime (one stage per rank, weight stashing, activations and
+gradients over the backend's send/recv)."""
 
+from .async_pipeline import AsyncPipeline
+from .partition import equal_split, split, stage_module
 from .profile import calibration_seconds, profile
+from .transport import PipelineError
 from .versions import Version, VersionStore
 
-__all__ = ["Version", "VersionStore", "calibration_seconds", "profile"]
+__all__ = ["AsyncPipeline", "PipelineError", "Version", "VersionStore", "calibration_seconds", "equal_split",
+           "profile", "split", "stage_module"]

@@ -71,6 +71,59 @@ std::uintptr_t current_cuda_stream(const at::Tensor& t) {
   return torch_cuda.attr("current_stream")(t.device().index()).attr("cuda_stream").cast<std::uintptr_t>();
 }
 
+std::vector<PlanNode> plan_nodes_from_py(const std::vector<std::map<std::string, py::object>>& nodes) {
+  std::vector<PlanNode> ns;
+  for (const auto& d : nodes) {
+    auto need = [&](const char* key) {
+      auto it = d.find(key);
+      if (it == d.end()) throw InvalidArgument(fmt::format("a node has no '{}'", key));
+      return it->second;
+    };
+    ns.push_back({py::str(need("name")), need("memory_gb").cast<double>() * 1e9, need("compute").cast<double>(),
+                  need("bandwidth_mbit").cast<double>()});
+  }
+  return ns;
+}
+
+std::vector<LayerProfile> layer_profiles_from_py(const std::vector<std::map<std::string, double>>& layers) {
+  std::vector<LayerProfile> ls;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    auto need = [&](const char* key) {
+      auto it = layers[i].find(key);
+      if (it == layers[i].end()) throw InvalidArgument(fmt::format("layer {} has no '{}'", i, key));
+      return it->second;
+    };
+    ls.push_back({need("param_bytes"), need("activation_bytes_per_sample"), need("compute_s_per_sample")});
+  }
+  return ls;
+}
+
+PlanOptions plan_options(int micro_batch, double optimizer_state_factor) {
+  PlanOptions options;
+  options.micro_batch = micro_batch;
+  options.optimizer_state_factor = optimizer_state_factor;
+  return options;
+}
+
+py::dict cluster_plan_to_py(const ClusterPlan& c, const std::vector<PlanNode>& nodes) {
+  py::list stages;
+  for (const auto& st : c.stages) {
+    py::dict d;
+    d["node"] = nodes[st.node].name;
+    d["first_layer"] = st.first_layer;
+    d["end_layer"] = st.end_layer;
+    d["memory_bytes"] = st.memory_bytes;
+    d["compute_s"] = st.compute_s;
+    d["transfer_s"] = st.transfer_s;
+    d["time_s"] = st.time_s;
+    stages.append(d);
+  }
+  py::dict out;
+  out["stages"] = stages;
+  out["time_per_microbatch_s"] = c.time_per_microbatch_s;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -231,52 +284,16 @@ PYBIND11_MODULE(_C, m) {
       "plan_clusters",
       [](const std::vector<std::map<std::string, py::object>>& nodes, const std::vector<std::map<std::string, double>>& layers,
          int micro_batch, double optimizer_state_factor, int max_clusters, const std::string& method) {
-        std::vector<PlanNode> ns;
-        for (const auto& d : nodes) {
-          auto need = [&](const char* key) {
-            auto it = d.find(key);
-            if (it == d.end()) throw InvalidArgument(fmt::format("a node has no '{}'", key));
-            return it->second;
-          };
-          ns.push_back({py::str(need("name")), need("memory_gb").cast<double>() * 1e9, need("compute").cast<double>(),
-                        need("bandwidth_mbit").cast<double>()});
-        }
-        std::vector<LayerProfile> ls;
-        for (std::size_t i = 0; i < layers.size(); ++i) {
-          auto need = [&](const char* key) {
-            auto it = layers[i].find(key);
-            if (it == layers[i].end()) throw InvalidArgument(fmt::format("layer {} has no '{}'", i, key));
-            return it->second;
-          };
-          ls.push_back({need("param_bytes"), need("activation_bytes_per_sample"), need("compute_s_per_sample")});
-        }
-        PlanOptions options;
-        options.micro_batch = micro_batch;
-        options.optimizer_state_factor = optimizer_state_factor;
+        const std::vector<PlanNode> ns = plan_nodes_from_py(nodes);
+        PlanOptions options = plan_options(micro_batch, optimizer_state_factor);
         options.max_clusters = max_clusters;
         if (method != "bagua" && method != "ravnest") {
           throw InvalidArgument(fmt::format("plan method '{}' is not bagua or ravnest", method));
         }
+        const std::vector<LayerProfile> ls = layer_profiles_from_py(layers);
         const ClusterPlanResult r = method == "bagua" ? plan_clusters(ns, ls, options) : plan_clusters_ravnest(ns, ls, options);
         py::list clusters;
-        for (const auto& c : r.clusters) {
-          py::list stages;
-          for (const auto& st : c.stages) {
-            py::dict d;
-            d["node"] = ns[st.node].name;
-            d["first_layer"] = st.first_layer;
-            d["end_layer"] = st.end_layer;
-            d["memory_bytes"] = st.memory_bytes;
-            d["compute_s"] = st.compute_s;
-            d["transfer_s"] = st.transfer_s;
-            d["time_s"] = st.time_s;
-            stages.append(d);
-          }
-          py::dict cd;
-          cd["stages"] = stages;
-          cd["time_per_microbatch_s"] = c.time_per_microbatch_s;
-          clusters.append(cd);
-        }
+        for (const auto& c : r.clusters) clusters.append(cluster_plan_to_py(c, ns));
         py::list unused;
         for (int u : r.unused) unused.append(ns[u].name);
         py::dict out;
@@ -292,6 +309,18 @@ PYBIND11_MODULE(_C, m) {
       py::arg("max_clusters") = 0, py::arg("method") = "bagua",
       "Ravnest's cluster planner (topology/cluster_plan.hpp): nodes as dicts with name, memory_gb, compute, "
       "bandwidth_mbit; layers with param_bytes, activation_bytes_per_sample, compute_s_per_sample.");
+  m.def(
+      "split_layers",
+      [](const std::vector<std::map<std::string, py::object>>& nodes, const std::vector<std::map<std::string, double>>& layers,
+         int micro_batch, double optimizer_state_factor) {
+        const std::vector<PlanNode> ns = plan_nodes_from_py(nodes);
+        std::vector<int> chain(ns.size());
+        for (std::size_t i = 0; i < chain.size(); ++i) chain[i] = static_cast<int>(i);
+        return cluster_plan_to_py(
+            split_layers(ns, chain, layer_profiles_from_py(layers), plan_options(micro_batch, optimizer_state_factor)), ns);
+      },
+      py::arg("nodes"), py::arg("layers"), py::arg("micro_batch"), py::arg("optimizer_state_factor"),
+      "The planner's split of the layers over one chain of nodes, in the order given (every node gets a stage).");
   m.def("parse_link_mbit", [](const std::string& text, int size) { return parse_link_mbit(text, size); },
         py::arg("text"), py::arg("size"), "BAGUA_LINK_MBIT's form: one positive rate (Mbit/s) per rank.");
   m.def("algorithm_info", [](const std::string& name) {
