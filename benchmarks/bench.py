@@ -18,7 +18,7 @@ four parts, each regenerating its own section of docs/benchmarks.md
   and world 4 on 100 Mbit/s links, balanced and with one stage at half a
   core.
 
-    python benchmarks/bench.py                 # everything, needs root, about 40 min
+    python benchmarks/bench.py                 # everything, needs root, about 60 min
     python benchmarks/bench.py --parts adam    # the Adam family only, about 3 min, no root needed
     python benchmarks/bench.py --quick --docs /tmp/b.md   # plumbing check, ~2 min
     python benchmarks/bench.py --render        # docs sections again from out/bench's JSON
@@ -73,8 +73,10 @@ ADAM_QUICK = [("charlm", 2, 6)]
 # stage, steps). World 2 on loopback (a core per stage: idle time is
 # real); world 4 over 100 Mbit/s links (four stages share two cores, so
 # without a network one stage's bubble is filled by another's compute).
-PIPELINE_CASES = [(2, None, None, 60), (2, None, 1, 60), (4, "100", None, 40), (4, "100", 3, 40)]
-PIPELINE_QUICK = [(2, None, None, 6)]
+# Three interleaved rounds per case: single runs of the same schedule
+# differ by up to 20% on this machine.
+PIPELINE_CASES = [(2, None, None, 60, 3), (2, None, 1, 60, 3), (4, "100", None, 40, 3), (4, "100", 3, 40, 3)]
+PIPELINE_QUICK = [(2, None, None, 6, 1)]
 
 
 def horovod_available() -> bool:
@@ -162,15 +164,15 @@ def pipeline_json(args, world: int, bandwidth, slow) -> str:
     return os.path.join(args.out, f"pipeline_{tag}.json")
 
 
-def run_pipeline(args, world: int, bandwidth, slow, steps: int) -> dict:
+def run_pipeline(args, world: int, bandwidth, slow, steps: int, rounds: int) -> dict:
     path = pipeline_json(args, world, bandwidth, slow)
     extra = (["--bandwidth-mbit", bandwidth] if bandwidth is not None else []) + (
         ["--slow-stage", str(slow)] if slow is not None else [])
     # async with its default bound (S in flight) and with 2S, which a slow
     # link needs to keep the stages busy (docs/pipeline.md).
     schedules = f"async,async:max_in_flight={2 * world},torch_gpipe,torch_1f1b"
-    if pipeline.main(["--world-size", str(world), "--steps", str(steps), "--schedules", schedules, "--json", path,
-                      *extra]) != 0:
+    if pipeline.main(["--world-size", str(world), "--steps", str(steps), "--rounds", str(rounds), "--schedules",
+                      schedules, "--json", path, *extra]) != 0:
         raise RuntimeError(f"benchmarks/pipeline.py failed for world {world}, network {bandwidth}, slow {slow}")
     return _load(path)
 
@@ -277,8 +279,9 @@ def main(argv=None) -> int:
                 for m, w, steps in (ADAM_QUICK if args.quick else ADAM_RUNS)]
         write_docs(args.docs, adam_section(runs), "adam")
     if "pipeline" in parts:
-        runs = [_load(pipeline_json(args, w, bw, slow)) if args.render else run_pipeline(args, w, bw, slow, steps)
-                for w, bw, slow, steps in (PIPELINE_QUICK if args.quick else PIPELINE_CASES)]
+        runs = [_load(pipeline_json(args, w, bw, slow)) if args.render else
+                run_pipeline(args, w, bw, slow, steps, rounds)
+                for w, bw, slow, steps, rounds in (PIPELINE_QUICK if args.quick else PIPELINE_CASES)]
         write_docs(args.docs, pipeline_section(runs), "pipeline")
     print(f"updated {args.docs}")
     return 0

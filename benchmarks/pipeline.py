@@ -260,6 +260,7 @@ def main(argv=None) -> int:
     ap.add_argument("--micro-batch-size", type=int, default=8, help="windows per micro-batch")
     ap.add_argument("--steps", type=int, default=60, help="timed steps")
     ap.add_argument("--warmup-steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="runs of every schedule, interleaved; the median counts")
     ap.add_argument("--eval-points", type=int, default=3, help="held-out evaluations along the run (untimed)")
     ap.add_argument("--held-out-windows", type=int, default=64)
     ap.add_argument("--blocks", type=int, help="transformer blocks (default: 2 × stages - 2, at least 2)")
@@ -289,28 +290,39 @@ def main(argv=None) -> int:
         ap.error(f"--slow-stage must be a stage, 0..{args.world_size - 1}")
     if not 0 < args.slow_cpu <= 1:
         ap.error("--slow-cpu is a fraction of one core, in (0, 1]")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.steps < args.eval_points:
         ap.error("--steps must be at least --eval-points")
 
     torch.set_num_threads(1)
     ends = cut_points(args)
-    rows = []
+    runs: dict[str, list[dict]] = {s: [] for s in schedules}
     try:
         with network(args.bandwidth_mbit, args.world_size) as net, \
                 slow_cgroups(args.world_size, args.slow_stage, args.slow_cpu) as cgroups:
-            for schedule in schedules:
-                ranks = values(run_world(_run, args.world_size, schedule, args, ends, cgroups, env=net.env,
-                                         timeout=3600, netns=net.netns, hostnames=net.hostnames))
-                row = summarize(schedule, ranks, args, ends)
-                row["network"] = net.label
-                row["slow_stage"] = None if args.slow_stage is None else {"stage": args.slow_stage,
-                                                                           "cpu": args.slow_cpu}
-                rows.append(row)
-                print(f"{schedule:<12} {row['samples_per_s']:8.1f} samples/s  step {row['step_ms_median']:7.1f} ms  "
-                      f"held-out {row['held_out_loss']:.4f}  peak RSS {max(row['peak_memory_bytes']) / 2**20:.0f} MiB",
-                      flush=True)
+            # Rounds interleave the schedules, so that a slow spell of the
+            # machine does not fall on one schedule only.
+            for _ in range(args.rounds):
+                for schedule in schedules:
+                    ranks = values(run_world(_run, args.world_size, schedule, args, ends, cgroups, env=net.env,
+                                             timeout=3600, netns=net.netns, hostnames=net.hostnames))
+                    row = summarize(schedule, ranks, args, ends)
+                    runs[schedule].append(row)
+                    print(f"{schedule:<12} {row['samples_per_s']:8.1f} samples/s  step {row['step_ms_median']:7.1f} ms"
+                          f"  held-out {row['held_out_loss']:.4f}  peak RSS "
+                          f"{max(row['peak_memory_bytes']) / 2**20:.0f} MiB", flush=True)
     except (NetemUnavailable, ValueError) as e:
         ap.exit(2, f"pipeline.py: {e}\n")
+    rows = []
+    for schedule in schedules:
+        # The round of median speed stands for the schedule (its loss too).
+        ordered = sorted(runs[schedule], key=lambda r: r["samples_per_s"])
+        row = dict(ordered[len(ordered) // 2])
+        row["samples_per_s_rounds"] = [r["samples_per_s"] for r in runs[schedule]]
+        row["network"] = net.label
+        row["slow_stage"] = None if args.slow_stage is None else {"stage": args.slow_stage, "cpu": args.slow_cpu}
+        rows.append(row)
     by = {r["schedule"]: r for r in rows}
     for r in rows:
         for base in ("torch_gpipe", "torch_1f1b"):

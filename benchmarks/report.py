@@ -96,7 +96,7 @@ def adam_table(runs: list[dict]) -> str:
 def pipeline_table(runs: list[dict]) -> str:
     """One line per case and schedule of benchmarks/pipeline.py: speed and
     held-out loss against torch's schedules of the same run."""
-    lines = ["| stages | network | slow stage | schedule | samples/s | step ms | vs torch_gpipe | vs torch_1f1b | "
+    lines = ["| stages | network | slow stage | schedule | samples/s (median; range over rounds) | step ms | vs torch_gpipe | vs torch_1f1b | "
              "held-out loss | vs torch_1f1b | peak RSS per stage (MiB) |",
              "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for data in runs:
@@ -105,7 +105,9 @@ def pipeline_table(runs: list[dict]) -> str:
             speed = [f"×{r[k]:.2f}" if k in r else "—" for k in ("speed_vs_torch_gpipe", "speed_vs_torch_1f1b")]
             held = f"{100 * (r['held_out_vs_torch_1f1b'] - 1):+.1f}%" if "held_out_vs_torch_1f1b" in r else "—"
             rss = " / ".join(f"{b / 2**20:.0f}" for b in r["peak_memory_bytes"])
-            lines.append(f"| {r['world_size']} | {r['network']} | {slow} | {r['schedule']} | {r['samples_per_s']:.1f} | "
+            rounds = r.get("samples_per_s_rounds") or [r["samples_per_s"]]
+            speed_cell = f"{r['samples_per_s']:.1f}" + (f" ({min(rounds):.0f}–{max(rounds):.0f})" if len(rounds) > 1 else "")
+            lines.append(f"| {r['world_size']} | {r['network']} | {slow} | {r['schedule']} | {speed_cell} | "
                          f"{r['step_ms_median']:.1f} | {speed[0]} | {speed[1]} | {r['held_out_loss']:.4f} | {held} | "
                          f"{rss} |")
     return "\n".join(lines)
