@@ -20,6 +20,7 @@ their backward everywhere (the pipeline is then drained, and only then is
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import queue
 import time
@@ -77,6 +78,7 @@ class AsyncPipeline:
         self.peak_activation_bytes = 0
         self.trace = {"forward_update": {}, "updates": []} if record_trace else None
         self._activations = SameEveryTime()  # pinned by the first activation, for every train() call
+        self._failure: str | None = None  # why an earlier train()/evaluate() stopped
         self._agree("settings", [self.num_stages, self.max_in_flight, self.update_frequency, self.tag])
 
     @property
@@ -130,13 +132,29 @@ class AsyncPipeline:
         every micro-batch (an empty list elsewhere)."""
         if micro_batches < 0:
             raise ValueError(f"{self.me}: micro_batches must be non-negative, got {micro_batches}")
+        self._check_not_failed()
         self._agree("train() call (micro-batches done so far, micro-batches now)", [self.micro_batches, micro_batches])
         if micro_batches == 0:
             return []
         if (self.first or self.last) and data is None:
             raise ValueError(f"{self.me}: the first and last stages need data (inputs and targets)")
         reads = data is not None and (self.first or self.last)
-        return _Run(self, iter(data) if reads else None, micro_batches, on_finish).loop()
+        with self._failing_for_good():
+            return _Run(self, iter(data) if reads else None, micro_batches, on_finish).loop()
+
+    def _check_not_failed(self) -> None:
+        if self._failure is not None:
+            raise PipelineError(
+                f"{self.me}: an earlier train() or evaluate() failed ({self._failure}); messages of that run may "
+                "still be in flight, so this pipeline cannot go on: build a new one (from a checkpoint) on every stage")
+
+    @contextlib.contextmanager
+    def _failing_for_good(self):
+        try:
+            yield
+        except BaseException as e:
+            self._failure = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise
 
     def _step_if_due(self) -> None:
         if self._accumulated < self.update_frequency:
@@ -153,7 +171,12 @@ class AsyncPipeline:
     def evaluate(self, data: Iterable | None, micro_batches: int) -> float:
         """Mean loss over `micro_batches` micro-batches of `data`, forward only
         on the live weights; every stage returns it."""
+        self._check_not_failed()
         self._agree("evaluate() call", [micro_batches])
+        with self._failing_for_good():
+            return self._evaluate(data, micro_batches)
+
+    def _evaluate(self, data: Iterable | None, micro_batches: int) -> float:
         prev, nxt = self._links()
         it = iter(data) if data is not None and (self.first or self.last) else None
         training = self.stage.training
