@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import queue
 import threading
+
 import torch
 import torch.distributed as dist
 
