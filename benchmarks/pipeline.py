@@ -6,6 +6,20 @@ data, in the same run (docs/pipeline.md):
 - torch_gpipe: torch.distributed.pipelining.ScheduleGPipe;
 - torch_1f1b:  torch.distributed.pipelining.Schedule1F1B.
 
+With --clusters K (K > 1; the world is K clusters of world/K stages, ranks
+in order: world 4 as 2 × 2 is ranks 0, 1 and 2, 3), the schedules of
+Ravnest's whole system (docs/ravnest.md):
+
+- ravnest:   bagua_ravnest.pipeline.Ravnest: an AsyncPipeline per cluster,
+             each stage averaged with its copy in the other clusters every
+             --reduce-interval steps on a background multi-ring all-reduce,
+             never draining;
+- sync_1f1b: the synchronous analogue: torch's Schedule1F1B in each
+             cluster, each stage's gradients all-reduced (the same
+             multi-ring groups) with its copies every step;
+- ddp:       data parallel: torch DDP over all ranks, the whole model on
+             each, the same all-reduce, the same samples per step.
+
 The model is the real-data task (benchmarks/charlm.py) as an nn.Sequential
 (embedding, transformer blocks, head), cut where the cluster planner's
 split puts the cuts for the measured per-layer profile. A step is
@@ -49,7 +63,9 @@ from netem.cluster import NetemUnavailable  # noqa: E402
 from netem.network import network  # noqa: E402
 
 SCHEDULES = ("async", "torch_gpipe", "torch_1f1b")
+CLUSTER_SCHEDULES = ("ravnest", "sync_1f1b", "ddp")
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
+CGROUP_MEMORY = "/sys/fs/cgroup/memory"
 
 
 def async_options(schedule: str) -> dict:
@@ -78,12 +94,12 @@ def cut_points(args) -> list[int]:
     from torch import nn
 
     if args.split == "equal":
-        return equal_split(args.blocks + 2, args.world_size)
+        return equal_split(args.blocks + 2, args.stages)
     torch.manual_seed(0)
     model = nn.Sequential(*[f() for f in model_layers(args)])
     tokens = torch.randint(0, 256, (args.micro_batch_size, args.context))
     prof = profile(model, tokens)
-    return split(prof, args.world_size, micro_batch=args.micro_batch_size,
+    return split(prof, args.stages, micro_batch=args.micro_batch_size,
                  bandwidth_mbit=float(args.bandwidth_mbit.split(",")[0]) if args.bandwidth_mbit else 1e5)
 
 
@@ -115,125 +131,271 @@ def held_out(args):
     return list(zip(x.split(args.micro_batch_size), y.split(args.micro_batch_size)))
 
 
-def _join_cgroup(path: str | None) -> None:
-    if path:
+def _join_cgroups(paths: list[str]) -> None:
+    for path in paths:
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
 
 
-def _run(rank, world, schedule, args, ends, cgroups):
-    import charlm
-    from bagua_ravnest.pipeline import AsyncPipeline, stage_module
+class Trainer:
+    """What the timing loop needs of a schedule on this rank: train(steps),
+    the held-out loss, and what to report."""
 
-    _join_cgroup(cgroups[rank])
+    def __init__(self):
+        self.step_done: list[float] = []  # perf_counter at the end of every step
+        self.losses: list[float] = []     # training loss per step (where this rank knows it)
+        self.extras: dict = {}
+
+    def train(self, steps: int) -> None:
+        raise NotImplementedError
+
+    def evaluate(self) -> float:
+        raise NotImplementedError
+
+
+class PipelineTrainer(Trainer):
+    """async, and ravnest (an AsyncPipeline per cluster, averaged)."""
+
+    def __init__(self, pipe, data, args, ravnest=None):
+        super().__init__()
+        self.pipe, self.data, self.args, self.ravnest = pipe, data, args, ravnest
+        self.evaluation = held_out(args)
+
+    def on_finish(self, mb):
+        if (mb + 1) % self.args.micro_batches == 0:
+            self.step_done.append(time.perf_counter())
+
+    def train(self, steps):
+        m = self.args.micro_batches
+        run = self.ravnest or self.pipe
+        got = run.train(self.data.micro_batches(steps) if self.data else None, steps * m, on_finish=self.on_finish)
+        for k in range(0, len(got), m):
+            self.losses.append(statistics.fmean(got[k : k + m]))
+
+    def synchronize(self):
+        # Ravnest's model is the clusters' average: evaluated after a
+        # blocking average (timed, as part of the run).
+        if self.ravnest is not None:
+            self.ravnest.synchronize()
+
+    def evaluate(self):
+        return self.pipe.evaluate(self.evaluation, len(self.evaluation))
+
+
+class TorchScheduleTrainer(Trainer):
+    """torch_gpipe, torch_1f1b, and sync_1f1b (1F1B per cluster, gradients
+    averaged across clusters every step)."""
+
+    def __init__(self, kind, stage, opt, stage_index, stages, group, data, args, evaluator, averager=None):
+        import charlm
+        from torch.distributed.pipelining import PipelineStage
+
+        super().__init__()
+        self.sched = kind(PipelineStage(stage, stage_index, stages, torch.device("cpu"), group=group),
+                          n_microbatches=args.micro_batches, loss_fn=charlm.lm_loss)
+        self.opt, self.data, self.averager, self.evaluator = opt, data, averager, evaluator
+        self.first, self.last = stage_index == 0, stage_index == stages - 1
+        self.evaluation = held_out(args)
+
+    def train(self, steps):
+        for _ in range(steps):
+            x, y = self.data.step()
+            self.opt.zero_grad(set_to_none=True)
+            got: list = []
+            if self.first and self.last:
+                self.sched.step(x, target=y, losses=got)
+            elif self.first:
+                self.sched.step(x)
+            elif self.last:
+                self.sched.step(target=y, losses=got)
+            else:
+                self.sched.step()
+            if self.averager is not None:
+                self.averager.average_gradients()
+            self.opt.step()
+            self.step_done.append(time.perf_counter())
+            if self.last:
+                self.losses.append(statistics.fmean(float(v.detach()) for v in got))
+
+    def evaluate(self):
+        return self.evaluator.evaluate(self.evaluation, len(self.evaluation))
+
+
+class DDPTrainer(Trainer):
+    """ddp: the whole model on every rank, torch DDP over the world."""
+
+    def __init__(self, rank, args):
+        import charlm
+        from torch import nn
+        from torch.nn.parallel import DistributedDataParallel
+
+        super().__init__()
+        model = nn.Sequential(*[f() for f in seeded(model_layers(args))])
+        self.model = DistributedDataParallel(model)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        # The same samples per step as a cluster schedule: clusters ×
+        # micro-batches × micro-batch size, spread over the ranks.
+        per_rank = args.clusters * args.micro_batches * args.micro_batch_size // args.world_size
+        self.task = charlm.CharTask(rank=rank, batch_size=per_rank, context=args.context, seed=100)
+        self.loss_fn, self.evaluation = charlm.lm_loss, held_out(args)
+
+    def train(self, steps):
+        for _ in range(steps):
+            x, y = self.task.batch()
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(x), y)
+            loss.backward()
+            self.opt.step()
+            self.step_done.append(time.perf_counter())
+            self.losses.append(loss.item())
+
+    @torch.no_grad()
+    def evaluate(self):
+        self.model.eval()
+        total = sum(float(self.loss_fn(self.model.module(x), y)) for x, y in self.evaluation)
+        self.model.train()
+        return total / len(self.evaluation)
+
+
+def seeded(factories):
+    """Factory i under torch.manual_seed(i), as stage_module(seed=0) builds
+    it: every schedule starts from the same weights."""
+    def build(i, f):
+        def make():
+            torch.manual_seed(i)
+            return f()
+        return make
+    return [build(i, f) for i, f in enumerate(factories)]
+
+
+def _trainer(rank, world, schedule, args, ends) -> Trainer:
+    import charlm
+    from bagua_ravnest.pipeline import AsyncPipeline, Layout, Ravnest, stage_module
+    from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
+
+    if schedule == "ddp":
+        return DDPTrainer(rank, args)
+    m = args.micro_batches
+    if schedule in ("ravnest", "sync_1f1b"):
+        rv = Ravnest(model_layers(args), Layout.grid(args.clusters, ends),
+                     lambda ps: torch.optim.Adam(ps, lr=args.lr), charlm.lm_loss, reduce_interval=args.reduce_interval,
+                     update_frequency=m, timeout=args.timeout)
+        data = StepData(args, seed=rv.cluster)
+        if schedule == "ravnest":
+            return PipelineTrainer(rv.pipeline, data, args, ravnest=rv)
+        return TorchScheduleTrainer(Schedule1F1B, rv.stage, rv.pipeline.optimizer, rv.stage_index, args.stages,
+                                    rv.pipeline.group, data, args, rv.pipeline, averager=rv.averager)
     stage = stage_module(model_layers(args), ends, rank, seed=0)
     opt = torch.optim.Adam(stage.parameters(), lr=args.lr)
-    first, last = rank == 0, rank == world - 1
-    data = StepData(args)
-    evaluation = held_out(args)
     # Evaluation goes through the pipeline runtime's forward-only pass for
     # every schedule: the same code measures every row's held-out loss.
-    evaluator = AsyncPipeline(stage, opt, charlm.lm_loss, update_frequency=args.micro_batches, timeout=args.timeout,
-                              max_in_flight=async_options(schedule).get("max_in_flight"))
-    step_done: list[float] = []
-    losses: list[float] = []
-
+    pipe = AsyncPipeline(stage, opt, charlm.lm_loss, update_frequency=m, timeout=args.timeout,
+                         max_in_flight=async_options(schedule).get("max_in_flight"))
     if schedule.startswith("async"):
-        pipe = evaluator
+        return PipelineTrainer(pipe, StepData(args), args)
+    kind = ScheduleGPipe if schedule == "torch_gpipe" else Schedule1F1B
+    return TorchScheduleTrainer(kind, stage, opt, rank, world, None, StepData(args), args, pipe)
 
-        def on_finish(mb):
-            if (mb + 1) % args.micro_batches == 0:
-                step_done.append(time.perf_counter())
 
-        def train(steps):
-            got = pipe.train(data.micro_batches(steps), steps * args.micro_batches, on_finish=on_finish)
-            for k in range(0, len(got), args.micro_batches):
-                losses.append(statistics.fmean(got[k : k + args.micro_batches]))
-    else:
-        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-
-        kind = ScheduleGPipe if schedule == "torch_gpipe" else Schedule1F1B
-        sched = kind(PipelineStage(stage, rank, world, torch.device("cpu")), n_microbatches=args.micro_batches,
-                     loss_fn=charlm.lm_loss)
-
-        def train(steps):
-            for _ in range(steps):
-                x, y = data.step()
-                opt.zero_grad(set_to_none=True)
-                got: list = []
-                if first and last:
-                    sched.step(x, target=y, losses=got)
-                elif first:
-                    sched.step(x)
-                elif last:
-                    sched.step(target=y, losses=got)
-                else:
-                    sched.step()
-                opt.step()
-                step_done.append(time.perf_counter())
-                if last:
-                    losses.append(statistics.fmean(float(v.detach()) for v in got))
-
-    train(args.warmup_steps)  # shapes, allocations, the first messages: not timed
+def _run(rank, world, schedule, args, ends, cgroups):
+    _join_cgroups(cgroups[rank])
+    trainer = _trainer(rank, world, schedule, args, ends)
+    trainer.train(args.warmup_steps)  # shapes, allocations, the first messages: not timed
     dist.barrier()
     curve, gaps = [], []
     timed = 0.0
     per_point = [args.steps * (k + 1) // args.eval_points for k in range(args.eval_points)]
     done = 0
     for target in per_point:
-        step_done.clear()
+        trainer.step_done.clear()
         start = time.perf_counter()
-        step_done.append(start)
-        train(target - done)
+        trainer.step_done.append(start)
+        trainer.train(target - done)
+        if isinstance(trainer, PipelineTrainer):
+            trainer.synchronize()
         timed += time.perf_counter() - start
-        gaps += [b - a for a, b in zip(step_done, step_done[1:])]
+        gaps += [b - a for a, b in zip(trainer.step_done, trainer.step_done[1:])]
         done = target
-        loss = evaluator.evaluate(evaluation, len(evaluation))
-        curve.append({"steps": done, "samples": done * args.micro_batches * args.micro_batch_size,
-                      "held_out_loss": loss})
+        loss = trainer.evaluate()
+        curve.append({"steps": done, "samples": done * samples_per_step(args), "held_out_loss": loss})
         dist.barrier()
+    pipe = getattr(trainer, "pipe", None)
+    averager = getattr(getattr(trainer, "ravnest", None), "averager", None)
     return {
         "rank": rank, "seconds": timed, "step_ms": statistics.median(gaps) * 1e3 if gaps else None,
-        "train_loss": losses[args.warmup_steps:] if last else None, "held_out": curve,
+        "train_loss": trainer.losses[args.warmup_steps:] or None, "held_out": curve,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "version_store_peak_bytes": evaluator.versions.peak_bytes if schedule.startswith("async") else None,
-        "busy_fraction": evaluator.busy_seconds / timed if schedule.startswith("async") else None,
-        "stage_layers": [ends[rank - 1] if rank else 0, ends[rank]],
-        "stage_params": sum(p.numel() for p in stage.parameters()),
+        "version_store_peak_bytes": pipe.versions.peak_bytes if pipe is not None else None,
+        "busy_fraction": pipe.busy_seconds / timed if pipe is not None else None,
+        "averaging_wait_s": averager.wait_seconds if averager is not None else None,
+        "stage_layers": None if schedule == "ddp" else [ends[rank % args.stages - 1] if rank % args.stages else 0,
+                                                        ends[rank % args.stages]],
     }
 
 
+def samples_per_step(args) -> int:
+    return args.clusters * args.micro_batches * args.micro_batch_size
+
+
 @contextlib.contextmanager
-def slow_cgroups(world: int, slow_stage: int | None, cpu: float):
-    """One cgroup v1 cpu group for the slow stage (cpu.cfs_quota_us = cpu ×
-    period), removed afterwards; None for every other rank."""
-    groups: list[str | None] = [None] * world
-    if slow_stage is None:
-        yield groups
-        return
-    if os.geteuid() != 0 or not os.path.isdir(CGROUP_CPU):
-        raise NetemUnavailable(f"--slow-stage needs root and cgroup v1's {CGROUP_CPU}")
-    path = os.path.join(CGROUP_CPU, f"bgr{os.getpid()}-slow")
-    os.makedirs(path, exist_ok=True)
+def rank_cgroups(world: int, slow_stage: int | None, cpu: float, memory_mb: int | None):
+    """The cgroup v1 groups each rank joins, removed afterwards: the slow
+    rank's cpu group (cpu.cfs_quota_us = cpu × period) and, with a memory
+    budget, one memory group per rank (memory.limit_in_bytes: a rank that
+    needs more is killed by the kernel, as on a node with that much RAM)."""
+    groups: list[list[str]] = [[] for _ in range(world)]
+    made: list[str] = []
+    wanted = ([CGROUP_CPU] if slow_stage is not None else []) + ([CGROUP_MEMORY] if memory_mb else [])
+    for root in wanted:
+        if os.geteuid() != 0 or not os.path.isdir(root):
+            raise NetemUnavailable(f"--slow-stage and --memory-budget-mb need root and cgroup v1's {root}")
+
+    def make(root: str, name: str, settings: dict) -> str:
+        path = os.path.join(root, f"bgr{os.getpid()}-{name}")
+        os.makedirs(path, exist_ok=True)
+        made.append(path)
+        for key, value in settings.items():
+            with open(os.path.join(path, key), "w") as f:
+                f.write(str(value))
+        return path
+
     try:
-        with open(os.path.join(path, "cpu.cfs_period_us"), "w") as f:
-            f.write("100000")
-        with open(os.path.join(path, "cpu.cfs_quota_us"), "w") as f:
-            f.write(str(int(cpu * 100000)))
-        groups[slow_stage] = path
+        if slow_stage is not None:
+            groups[slow_stage].append(
+                make(CGROUP_CPU, "slow", {"cpu.cfs_period_us": 100000, "cpu.cfs_quota_us": int(cpu * 100000)}))
+        if memory_mb:
+            for rank in range(world):
+                groups[rank].append(make(CGROUP_MEMORY, f"r{rank}", {"memory.limit_in_bytes": memory_mb << 20}))
         yield groups
     finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
+        for path in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
+def failed_row(schedule: str, failed: list, args, ends) -> dict:
+    """A schedule that could not run: which ranks stopped and why (a rank
+    the kernel killed at the memory limit exits with -9)."""
+    why = []
+    for r in failed:
+        if r.exitcode == -9 and args.memory_budget_mb:
+            why.append(f"rank {r.rank} killed at the {args.memory_budget_mb} MiB memory limit")
+        else:
+            why.append(f"rank {r.rank}: {r.error_type}: {r.error.strip().splitlines()[-1] if r.error else ''}")
+    return {"schedule": schedule, "world_size": args.world_size, "clusters": args.clusters, "stages": args.stages,
+            "stage_ends": ends, "failed": "; ".join(why)}
 
 
 def summarize(schedule: str, ranks: list[dict], args, ends) -> dict:
     last = ranks[-1]
     seconds = max(r["seconds"] for r in ranks)
-    samples = args.steps * args.micro_batches * args.micro_batch_size
+    samples = args.steps * samples_per_step(args)
     return {
         "schedule": schedule,
         "world_size": args.world_size,
+        "clusters": args.clusters,
+        "stages": args.stages,
+        "reduce_interval": args.reduce_interval if schedule == "ravnest" else None,
         "micro_batches_per_step": args.micro_batches,
         "micro_batch_size": args.micro_batch_size,
         "steps": args.steps,
@@ -244,6 +406,7 @@ def summarize(schedule: str, ranks: list[dict], args, ends) -> dict:
         "peak_memory_bytes": [r["peak_rss_bytes"] for r in ranks],
         "version_store_peak_bytes": [r["version_store_peak_bytes"] for r in ranks],
         "busy_fraction": [r["busy_fraction"] for r in ranks],
+        "averaging_wait_s": [r["averaging_wait_s"] for r in ranks],
         "train_loss": last["train_loss"],
         "held_out_curve": last["held_out"],
         "held_out_loss": last["held_out"][-1]["held_out_loss"],
@@ -252,10 +415,15 @@ def summarize(schedule: str, ranks: list[dict], args, ends) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world-size", type=int, default=4, help="stages, one per rank")
-    ap.add_argument("--schedules", default=",".join(SCHEDULES),
-                    help=f"comma-separated, of {', '.join(SCHEDULES)}; async:max_in_flight=N sets async's bound on "
-                         "micro-batches in flight (default: the number of stages)")
+    ap.add_argument("--world-size", type=int, default=4, help="ranks: clusters × stages, one stage per rank")
+    ap.add_argument("--clusters", type=int, default=1,
+                    help="clusters of world/clusters stages each (ranks in order); more than 1 for "
+                         f"{', '.join(CLUSTER_SCHEDULES)}")
+    ap.add_argument("--reduce-interval", type=int, default=4, help="ravnest: optimizer steps between averagings")
+    ap.add_argument("--schedules",
+                    help=f"comma-separated, of {', '.join(SCHEDULES)} (default all; one cluster) or "
+                         f"{', '.join(CLUSTER_SCHEDULES)} (default all; --clusters > 1); async:max_in_flight=N sets "
+                         "async's bound on micro-batches in flight (default: the number of stages)")
     ap.add_argument("--micro-batches", type=int, help="micro-batches per step (default: the number of stages)")
     ap.add_argument("--micro-batch-size", type=int, default=8, help="windows per micro-batch")
     ap.add_argument("--steps", type=int, default=60, help="timed steps")
@@ -269,25 +437,38 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate, every schedule")
     ap.add_argument("--split", choices=("planner", "equal"), default="planner")
     ap.add_argument("--bandwidth-mbit", help="emulated link rate(s) between stages in Mbit/s (needs root)")
-    ap.add_argument("--slow-stage", type=int, help="this stage gets --slow-cpu of a core (cgroup cpu quota; root)")
+    ap.add_argument("--slow-stage", type=int, help="this rank gets --slow-cpu of a core (cgroup cpu quota; root)")
     ap.add_argument("--slow-cpu", type=float, default=0.5)
+    ap.add_argument("--memory-budget-mb", type=int,
+                    help="every rank's memory limit in MiB (cgroup v1 memory, root): a schedule whose ranks need "
+                         "more is killed and reported as failed")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds a pipeline message may take")
     ap.add_argument("--json", dest="json_path", help="write the rows here")
     args = ap.parse_args(argv)
-    schedules = [s for s in args.schedules.split(",") if s]
+    if args.clusters < 1 or args.world_size % args.clusters:
+        ap.error(f"--clusters must divide --world-size ({args.world_size}) into clusters of equal size")
+    args.stages = args.world_size // args.clusters
+    allowed = SCHEDULES if args.clusters == 1 else CLUSTER_SCHEDULES
+    schedules = [s for s in (args.schedules or ",".join(allowed)).split(",") if s]
     for s in schedules:
-        if s.partition(":")[0] not in SCHEDULES:
-            ap.error(f"unknown schedule {s!r}; choose from {', '.join(SCHEDULES)}")
+        if s.partition(":")[0] not in allowed:
+            ap.error(f"schedule {s!r} does not run with --clusters {args.clusters}; choose from {', '.join(allowed)}"
+                     + ("" if args.clusters > 1 else f" (or --clusters > 1 for {', '.join(CLUSTER_SCHEDULES)})"))
         try:
             async_options(s)
         except ValueError as e:
             ap.error(str(e))
-    if args.world_size < 2:
-        ap.error("--world-size must be at least 2 (a pipeline of one stage has no schedule)")
-    args.micro_batches = args.micro_batches or args.world_size
-    args.blocks = args.blocks or max(2, 2 * args.world_size - 2)
+    if args.stages < 2:
+        ap.error("every cluster needs at least 2 stages (a pipeline of one stage has no schedule)")
+    if args.reduce_interval < 1:
+        ap.error("--reduce-interval must be at least 1")
+    args.micro_batches = args.micro_batches or args.stages
+    args.blocks = args.blocks or max(2, 2 * args.stages - 2)
+    if "ddp" in schedules and samples_per_step(args) % args.world_size:
+        ap.error(f"ddp spreads a step's {samples_per_step(args)} samples over {args.world_size} ranks: choose "
+                 "--micro-batches and --micro-batch-size so that they divide")
     if args.slow_stage is not None and not 0 <= args.slow_stage < args.world_size:
-        ap.error(f"--slow-stage must be a stage, 0..{args.world_size - 1}")
+        ap.error(f"--slow-stage must be a rank, 0..{args.world_size - 1}")
     if not 0 < args.slow_cpu <= 1:
         ap.error("--slow-cpu is a fraction of one core, in (0, 1]")
     if args.rounds < 1:
@@ -300,14 +481,28 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {s: [] for s in schedules}
     try:
         with network(args.bandwidth_mbit, args.world_size) as net, \
-                slow_cgroups(args.world_size, args.slow_stage, args.slow_cpu) as cgroups:
+                rank_cgroups(args.world_size, args.slow_stage, args.slow_cpu, args.memory_budget_mb) as cgroups:
             # Rounds interleave the schedules, so that a slow spell of the
             # machine does not fall on one schedule only.
+            env = dict(net.env)
+            if args.clusters > 1:
+                # Every all-reduce of the cluster schedules (ravnest's
+                # averaging, sync_1f1b's gradients, DDP's buckets) is the
+                # multi-ring one, planned for the emulated links.
+                env["BAGUA_ALLREDUCE"] = "multi_ring"
+                if net.rates_mbit:
+                    env["BAGUA_LINK_MBIT"] = ",".join(f"{r:g}" for r in net.rates_mbit)
             for _ in range(args.rounds):
                 for schedule in schedules:
-                    ranks = values(run_world(_run, args.world_size, schedule, args, ends, cgroups, env=net.env,
-                                             timeout=3600, netns=net.netns, hostnames=net.hostnames))
-                    row = summarize(schedule, ranks, args, ends)
+                    results = run_world(_run, args.world_size, schedule, args, ends, cgroups, env=env,
+                                        timeout=3600, netns=net.netns, hostnames=net.hostnames)
+                    failed = [r for r in results if not r.ok]
+                    if failed and args.memory_budget_mb:
+                        row = failed_row(schedule, failed, args, ends)
+                        runs[schedule].append(row)
+                        print(f"{schedule:<12} failed: {row['failed']}", flush=True)
+                        continue
+                    row = summarize(schedule, values(results), args, ends)
                     runs[schedule].append(row)
                     print(f"{schedule:<12} {row['samples_per_s']:8.1f} samples/s  step {row['step_ms_median']:7.1f} ms"
                           f"  held-out {row['held_out_loss']:.4f}  peak RSS "
@@ -316,22 +511,29 @@ def main(argv=None) -> int:
         ap.exit(2, f"pipeline.py: {e}\n")
     rows = []
     for schedule in schedules:
-        # The round of median speed stands for the schedule (its loss too).
-        ordered = sorted(runs[schedule], key=lambda r: r["samples_per_s"])
+        failures = [r for r in runs[schedule] if "failed" in r]
+        # The round of median speed stands for the schedule (its loss too);
+        # a schedule that failed in any round is reported as failed.
+        ordered = sorted(runs[schedule], key=lambda r: r["samples_per_s"]) if not failures else failures
         row = dict(ordered[len(ordered) // 2])
-        row["samples_per_s_rounds"] = [r["samples_per_s"] for r in runs[schedule]]
+        row["samples_per_s_rounds"] = [r.get("samples_per_s") for r in runs[schedule]]
+        row["memory_budget_mb"] = args.memory_budget_mb
         row["network"] = net.label
         row["slow_stage"] = None if args.slow_stage is None else {"stage": args.slow_stage, "cpu": args.slow_cpu}
         rows.append(row)
-    by = {r["schedule"]: r for r in rows}
-    for r in rows:
-        for base in ("torch_gpipe", "torch_1f1b"):
+    by = {r["schedule"]: r for r in rows if "failed" not in r}
+    for r in by.values():
+        for base in ("torch_gpipe", "torch_1f1b", "sync_1f1b", "ddp"):
             if base in by:
                 r[f"speed_vs_{base}"] = r["samples_per_s"] / by[base]["samples_per_s"]
                 r[f"held_out_vs_{base}"] = r["held_out_loss"] / by[base]["held_out_loss"]
-    print(f"stages: {args.world_size}, cuts after layers {ends} of {args.blocks + 2}; network {net.label}"
+    print(f"{args.clusters} cluster(s) of {args.stages} stages, cuts after layers {ends} of {args.blocks + 2}; "
+          f"network {net.label}"
           + (f"; stage {args.slow_stage} at {args.slow_cpu:g} core" if args.slow_stage is not None else ""))
     for r in rows:
+        if "failed" in r:
+            print(f"{r['schedule']:<12} failed: {r['failed']}")
+            continue
         vs = "  ".join(f"{k.removeprefix('speed_vs_')} ×{v:.2f}" for k, v in r.items() if k.startswith("speed_vs_"))
         print(f"{r['schedule']:<12} {r['samples_per_s']:8.1f} samples/s  held-out {r['held_out_loss']:.4f}  {vs}")
     if args.json_path:

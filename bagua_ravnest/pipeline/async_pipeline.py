@@ -44,13 +44,16 @@ class AsyncPipeline:
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, *, group=None,
                  max_in_flight: int | None = None, update_frequency: int = 1,
                  timeout: float | datetime.timedelta = 120.0, max_message_bytes: int = 1 << 30,
-                 tag: int = DEFAULT_TAG, record_trace: bool = False):
+                 tag: int = DEFAULT_TAG, record_trace: bool = False, averager=None):
         """stage: this rank's layers (stage i = rank i of `group`, default the
         whole world). optimizer: over exactly the stage's parameters.
         loss_fn(output, target): needed on the last stage only. timeout:
         seconds (or a timedelta) any one message may take; a neighbour
         silent for longer is an error naming it. record_trace: keep, for
-        tests, which weights every micro-batch used (``trace``)."""
+        tests, which weights every micro-batch used (``trace``). averager:
+        a ClusterAverager that averages the stage with its copies in other
+        clusters (Ravnest builds it); told of every optimizer step, polled
+        while the stage works, waited for before train() returns."""
         if not dist.is_initialized():
             raise RuntimeError("AsyncPipeline needs torch.distributed initialized (init_process_group, torchrun)")
         # The default group is looked up on use, never held: a pipeline that
@@ -69,6 +72,7 @@ class AsyncPipeline:
         self.max_message_bytes, self.tag = int(max_message_bytes), int(tag)
         self._check_arguments(stage, optimizer, loss_fn)
         self.stage, self.optimizer, self.loss_fn = stage, optimizer, loss_fn
+        self.averager = averager
         self.versions = VersionStore(stage)
         self.micro_batches = 0  # finished backwards (every stage agrees once train() returns)
         self.updates = 0        # optimizer steps
@@ -76,7 +80,14 @@ class AsyncPipeline:
         self.peak_in_flight = 0
         self.busy_seconds = 0.0  # in forward, backward and optimizer steps (the rest of train() is waiting)
         self.peak_activation_bytes = 0
-        self.trace = {"forward_update": {}, "updates": []} if record_trace else None
+        # forward_update[mb]: the optimizer steps before mb's forward;
+        # updates[k]: the micro-batches step k summed; events: every change
+        # of the live weights in order (("step", micro-batches), and an
+        # averager's ("launch", k) and ("apply", k)); forward_at[mb]: the
+        # events before mb's forward.
+        self.trace = {"forward_update": {}, "updates": [], "events": [], "forward_at": {}} if record_trace else None
+        if self.trace is not None and averager is not None:
+            averager.trace = self.trace["events"]
         self._activations = SameEveryTime()  # pinned by the first activation, for every train() call
         self._failure: str | None = None  # why an earlier train()/evaluate() stopped
         self._agree("settings", [self.num_stages, self.max_in_flight, self.update_frequency, self.tag])
@@ -156,7 +167,7 @@ class AsyncPipeline:
             self._failure = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise
 
-    def _step_if_due(self) -> None:
+    def _step_if_due(self, in_flight: int = 0) -> None:
         if self._accumulated < self.update_frequency:
             return
         self.optimizer.step()
@@ -164,6 +175,14 @@ class AsyncPipeline:
         self.versions.updated()
         self._accumulated = 0
         self.updates += 1
+        if self.averager is not None and self.averager.stepped(self.updates, in_flight):
+            self.versions.updated()
+
+    def _poll_averager(self) -> None:
+        # An averaging that has arrived changes the live weights: new
+        # forwards get a new version, the ones in flight keep theirs.
+        if self.averager is not None and self.averager.poll():
+            self.versions.updated()
 
     # ---------------------------------------------------------------- evaluation
 
@@ -214,7 +233,8 @@ class AsyncPipeline:
             grads = {n: p.grad.detach().clone() for n, p in self.stage.named_parameters() if p.grad is not None}
         return {"stage": self.stage.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "stage_index": self.stage_index, "num_stages": self.num_stages, "micro_batches": self.micro_batches,
-                "updates": self.updates, "accumulated": self._accumulated, "grads": grads}
+                "updates": self.updates, "accumulated": self._accumulated, "grads": grads,
+                "averagings": self.averager.applied if self.averager is not None else 0}
 
     def load_state_dict(self, state: dict) -> None:
         if (state.get("stage_index"), state.get("num_stages")) != (self.stage_index, self.num_stages):
@@ -230,6 +250,8 @@ class AsyncPipeline:
             p.grad = None
         for name, g in state["grads"].items():
             params[name].grad = g.clone()
+        if self.averager is not None:
+            self.averager.launched = self.averager.applied = int(state.get("averagings", 0))
         self.versions.updated()  # the stashed copy (if any) is of the old weights
         self._agree("checkpoint position (micro-batches, updates)", [self.micro_batches, self.updates])
 
@@ -264,6 +286,7 @@ class _Run:
         for t in self.threads:
             t.start()
         while self.finished < self.end:
+            self.p._poll_averager()
             self._take_events(block=False)
             if self.gradients:  # backward first: it frees a version and unblocks the stages before
                 ev = self.gradients.popleft()
@@ -284,6 +307,10 @@ class _Run:
                 outbox.close()
         for t in self.threads:
             t.join(self.p.timeout.total_seconds())
+        # An averaging still travelling lands before train() returns, so
+        # that what train() leaves (weights, a checkpoint) is whole.
+        if self.p.averager is not None and self.p.averager.wait():
+            self.p.versions.updated()
         self.p.micro_batches = self.end
         return self.losses
 
@@ -293,12 +320,22 @@ class _Run:
         return self.forwarded < self.end and self.forwarded - self.finished < self.p.max_in_flight
 
     def _take_events(self, block: bool) -> None:
+        deadline = time.monotonic() + self.p.timeout.total_seconds() + 5.0
         while True:
             try:
-                # Receivers and senders time out on their own; this is a
-                # backstop beyond theirs.
-                ev = self.events.get(timeout=self.p.timeout.total_seconds() + 5.0) if block else self.events.get_nowait()
+                # Receivers and senders time out on their own; the deadline is
+                # a backstop beyond theirs. While an averaging travels the
+                # wait is cut short now and then to look at it.
+                if not block:
+                    ev = self.events.get_nowait()
+                elif self.p.averager is not None and self.p.averager.pending:
+                    ev = self.events.get(timeout=0.002)
+                else:
+                    ev = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
+                if block and self.p.averager is not None and time.monotonic() < deadline:
+                    self.p._poll_averager()
+                    continue
                 if block:
                     raise PipelineError(f"{self.p.me}: nothing arrived for {self.p.timeout.total_seconds() + 5:g} s "
                                         f"with micro-batches {self.finished}..{self.forwarded - 1} in flight") from None
@@ -326,6 +363,7 @@ class _Run:
         version = p.versions.acquire()
         if p.trace is not None:
             p.trace["forward_update"][mb] = p.updates
+            p.trace["forward_at"][mb] = len(p.trace["events"])
         out = p.versions.forward(version, inp)
         self.forwarded += 1
         if p.last:
@@ -363,6 +401,7 @@ class _Run:
         self.finished += 1
         if p.trace is not None and p._accumulated == p.update_frequency:
             p.trace["updates"].append(list(range(self.finished - p.update_frequency, self.finished)))
-        p._step_if_due()
+            p.trace["events"].append(("step", p.trace["updates"][-1]))
+        p._step_if_due(self.forwarded - self.finished)
         if self.on_finish is not None:
             self.on_finish(mb)

@@ -67,7 +67,10 @@ class VersionStore:
                 continue
             live = self._params[name]
             if live.grad is None:
-                live.grad = t.grad.detach().clone()
+                # Handed over, not copied: the version's tensor lets go of it
+                # below, and a copy would briefly hold the stage's gradients
+                # twice.
+                live.grad = t.grad.detach()
             else:
                 live.grad.add_(t.grad)
             t.grad = None

