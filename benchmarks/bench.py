@@ -16,9 +16,14 @@ four parts, each regenerating its own section of docs/benchmarks.md
 - pipeline: the asynchronous pipeline against torch's GPipe and 1F1B on
   charlm as an nn.Sequential (benchmarks/pipeline.py): world 2 on loopback
   and world 4 on 100 Mbit/s links, balanced and with one stage at half a
-  core.
+  core;
+- ravnest: Ravnest (2 clusters × 2 stages of charlm, averaged across
+  clusters) against its synchronous analogue (torch's 1F1B per cluster,
+  gradients all-reduced across clusters every step) and torch DDP, on
+  uniform 100 Mbit/s and heterogeneous 1000/1000/100/20 Mbit/s; and a
+  wider charlm under a per-rank memory limit that DDP cannot train in.
 
-    python benchmarks/bench.py                 # everything, needs root, about 60 min
+    python benchmarks/bench.py                 # everything, needs root, about 75 min
     python benchmarks/bench.py --parts adam    # the Adam family only, about 3 min, no root needed
     python benchmarks/bench.py --quick --docs /tmp/b.md   # plumbing check, ~2 min
     python benchmarks/bench.py --render        # docs sections again from out/bench's JSON
@@ -42,13 +47,14 @@ import train  # noqa: E402
 
 import bagua_ravnest  # noqa: E402
 
-PARTS = ("matrix", "realdata", "adam", "pipeline")
+PARTS = ("matrix", "realdata", "adam", "pipeline", "ravnest")
 # Each part's section of the docs lies between its two markers.
 MARKERS = {part: (f"<!-- make bench{'' if part == 'matrix' else ' ' + part}: begin -->",
                   f"<!-- make bench{'' if part == 'matrix' else ' ' + part}: end -->") for part in PARTS}
 HEADINGS = {"matrix": "Standard matrix", "realdata": "Real data: every algorithm on charlm",
             "adam": "The Adam family on a short warm-up",
-            "pipeline": "Pipelines: async against torch's GPipe and 1F1B"}
+            "pipeline": "Pipelines: async against torch's GPipe and 1F1B",
+            "ravnest": "Ravnest: clusters of pipelines against 1F1B with all-reduce, and DDP"}
 # (network, steps): fewer steps where a step takes seconds, but enough for
 # DDP to reach the target loss everywhere (about 11 steps).
 FULL = [(None, 30), ("1000", 24), ("100", 18), ("1000,1000,100,20", 16)]
@@ -77,6 +83,17 @@ ADAM_QUICK = [("charlm", 2, 6)]
 # differ by up to 20% on this machine.
 PIPELINE_CASES = [(2, None, None, 60, 3), (2, None, 1, 60, 3), (4, "100", None, 40, 3), (4, "100", 3, 40, 3)]
 PIPELINE_QUICK = [(2, None, None, 6, 1)]
+# (network, steps, rounds, per-rank memory budget in MiB, model options).
+# The memory case: charlm 8 blocks wide (about 100M parameters, 0.4 GB of
+# weights; with Adam a DDP rank needs about 2.5 GB, a Ravnest stage about
+# 1.8 GB) under 2200 MiB per rank.
+WIDE = ["--width", "1024", "--blocks", "8", "--context", "16", "--micro-batch-size", "2", "--held-out-windows", "16",
+        "--eval-points", "2", "--warmup-steps", "2"]
+# The plans case: the cluster planner's plan against Ravnest's own for the
+# heterogeneous network's nodes, each holding 0.6 of the model.
+RAVNEST_CASES = [("100", 30, 3, None, []), ("1000,1000,100,20", 30, 3, None, []), (None, 10, 1, 2200, WIDE),
+                 ("1000,1000,100,20", 30, 3, None, ["--plans"])]
+RAVNEST_QUICK = [(None, 4, 1, None, ["--eval-points", "2"])]
 
 
 def horovod_available() -> bool:
@@ -175,6 +192,33 @@ def run_pipeline(args, world: int, bandwidth, slow, steps: int, rounds: int) -> 
                       schedules, "--json", path, *extra]) != 0:
         raise RuntimeError(f"benchmarks/pipeline.py failed for world {world}, network {bandwidth}, slow {slow}")
     return _load(path)
+
+
+def ravnest_json(args, bandwidth, budget_mb, model: list[str]) -> str:
+    tag = _network_tag(bandwidth) + (f"_mem{budget_mb}" if budget_mb else "") + ("_plans" if "--plans" in model else "")
+    return os.path.join(args.out, f"ravnest_{tag}.json")
+
+
+def run_ravnest(args, bandwidth, steps: int, rounds: int, budget_mb, model: list[str]) -> dict:
+    path = ravnest_json(args, bandwidth, budget_mb, model)
+    extra = (["--bandwidth-mbit", bandwidth] if bandwidth is not None else []) + (
+        ["--memory-budget-mb", str(budget_mb)] if budget_mb else []) + model
+    # --plans: the planners choose the clusters; otherwise 2 × 2.
+    shape = [] if "--plans" in model else ["--clusters", "2"]
+    if pipeline.main(["--world-size", "4", *shape, "--steps", str(steps), "--rounds", str(rounds),
+                      "--json", path, *extra]) != 0:
+        raise RuntimeError(f"benchmarks/pipeline.py failed for ravnest, network {bandwidth}, budget {budget_mb}")
+    return _load(path)
+
+
+def ravnest_section(runs: list[dict]) -> str:
+    plans = [r for r in runs if r["args"].get("plans")]
+    grids = [r for r in runs if not r["args"].get("plans")]
+    body = [f"Machine: {report.machine_line(runs[0])}.", "", report.ravnest_table(grids), ""]
+    if plans:
+        body += ["The cluster planner's plan against Ravnest's own method, each run as ravnest:", "",
+                 report.plans_table(plans), ""]
+    return _generated("ravnest", body)
 
 
 def pipeline_section(runs: list[dict]) -> str:
@@ -283,6 +327,11 @@ def main(argv=None) -> int:
                 run_pipeline(args, w, bw, slow, steps, rounds)
                 for w, bw, slow, steps, rounds in (PIPELINE_QUICK if args.quick else PIPELINE_CASES)]
         write_docs(args.docs, pipeline_section(runs), "pipeline")
+    if "ravnest" in parts:
+        runs = [_load(ravnest_json(args, bw, budget, model)) if args.render else
+                run_ravnest(args, bw, steps, rounds, budget, model)
+                for bw, steps, rounds, budget, model in (RAVNEST_QUICK if args.quick else RAVNEST_CASES)]
+        write_docs(args.docs, ravnest_section(runs), "ravnest")
     print(f"updated {args.docs}")
     return 0
 

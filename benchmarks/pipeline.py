@@ -20,6 +20,14 @@ Ravnest's whole system (docs/ravnest.md):
 - ddp:       data parallel: torch DDP over all ranks, the whole model on
              each, the same all-reduce, the same samples per step.
 
+With --plans, the layout is not a grid but a cluster plan for nodes made
+from the emulated network (each rank's link rate, its share of the cores,
+and a memory that holds only --node-memory-fraction of the model): ravnest
+runs on the cluster planner's plan (plan:bagua) and on Ravnest's own
+(plan:ravnest, a genetic algorithm on memory and bandwidth with equal
+splits), and each row gives the plan's predicted samples/s beside the
+measured one (docs/planner.md).
+
 The model is the real-data task (benchmarks/charlm.py) as an nn.Sequential
 (embedding, transformer blocks, head), cut where the cluster planner's
 split puts the cuts for the measured per-layer profile. A step is
@@ -64,6 +72,7 @@ from netem.network import network  # noqa: E402
 
 SCHEDULES = ("async", "torch_gpipe", "torch_1f1b")
 CLUSTER_SCHEDULES = ("ravnest", "sync_1f1b", "ddp")
+PLAN_SCHEDULES = ("plan:bagua", "plan:ravnest")
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 CGROUP_MEMORY = "/sys/fs/cgroup/memory"
 
@@ -86,19 +95,24 @@ def model_layers(args):
     return charlm.sequential_layers(context=args.context, width=args.width, layers=args.blocks, heads=4)
 
 
+def model_profile(args) -> dict:
+    from bagua_ravnest.pipeline import profile
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[f() for f in model_layers(args)])
+    return profile(model, torch.randint(0, 256, (args.micro_batch_size, args.context)))
+
+
 def cut_points(args) -> list[int]:
     """The planner's split of the model's measured profile over the stages
     (equal compute speeds; the slow stage, if any, is the benchmark's
     unannounced straggler, as in a real cluster whose planner was wrong)."""
-    from bagua_ravnest.pipeline import equal_split, profile, split
-    from torch import nn
+    from bagua_ravnest.pipeline import equal_split, split
 
     if args.split == "equal":
         return equal_split(args.blocks + 2, args.stages)
-    torch.manual_seed(0)
-    model = nn.Sequential(*[f() for f in model_layers(args)])
-    tokens = torch.randint(0, 256, (args.micro_batch_size, args.context))
-    prof = profile(model, tokens)
+    prof = model_profile(args)
     return split(prof, args.stages, micro_batch=args.micro_batch_size,
                  bandwidth_mbit=float(args.bandwidth_mbit.split(",")[0]) if args.bandwidth_mbit else 1e5)
 
@@ -179,6 +193,8 @@ class PipelineTrainer(Trainer):
             self.ravnest.synchronize()
 
     def evaluate(self):
+        if self.pipe is None:
+            return float("nan")
         return self.pipe.evaluate(self.evaluation, len(self.evaluation))
 
 
@@ -276,6 +292,12 @@ def _trainer(rank, world, schedule, args, ends) -> Trainer:
     if schedule == "ddp":
         return DDPTrainer(rank, args)
     m = args.micro_batches
+    if schedule in args.layouts:
+        rv = Ravnest(model_layers(args), args.layouts[schedule], lambda ps: torch.optim.Adam(ps, lr=args.lr),
+                     charlm.lm_loss, reduce_interval=args.reduce_interval, update_frequency=m, timeout=args.timeout)
+        # A rank the plan leaves out has no data and nothing to do.
+        data = StepData(args, seed=rv.cluster) if rv.pipeline is not None else None
+        return PipelineTrainer(rv.pipeline, data, args, ravnest=rv)
     if schedule in ("ravnest", "sync_1f1b"):
         rv = Ravnest(model_layers(args), Layout.grid(args.clusters, ends),
                      lambda ps: torch.optim.Adam(ps, lr=args.lr), charlm.lm_loss, reduce_interval=args.reduce_interval,
@@ -317,7 +339,7 @@ def _run(rank, world, schedule, args, ends, cgroups):
         gaps += [b - a for a, b in zip(trainer.step_done, trainer.step_done[1:])]
         done = target
         loss = trainer.evaluate()
-        curve.append({"steps": done, "samples": done * samples_per_step(args), "held_out_loss": loss})
+        curve.append({"steps": done, "samples": done * samples_per_step(args, schedule), "held_out_loss": loss})
         dist.barrier()
     pipe = getattr(trainer, "pipe", None)
     averager = getattr(getattr(trainer, "ravnest", None), "averager", None)
@@ -333,8 +355,9 @@ def _run(rank, world, schedule, args, ends, cgroups):
     }
 
 
-def samples_per_step(args) -> int:
-    return args.clusters * args.micro_batches * args.micro_batch_size
+def samples_per_step(args, schedule: str | None = None) -> int:
+    clusters = len(args.layouts[schedule].clusters) if schedule in args.layouts else args.clusters
+    return clusters * args.micro_batches * args.micro_batch_size
 
 
 @contextlib.contextmanager
@@ -373,6 +396,46 @@ def rank_cgroups(world: int, slow_stage: int | None, cpu: float, memory_mb: int 
                 os.rmdir(path)
 
 
+def plan_nodes(args, prof: dict) -> list[dict]:
+    """One node per rank: its emulated link, its share of the machine's cores
+    (the profile is one process alone on a core), and a memory that holds
+    --node-memory-fraction of what the whole model needs on one node (so
+    that no node holds it alone and every cluster is a pipeline)."""
+    from netem.cluster import parse_rates
+
+    rates = parse_rates(args.bandwidth_mbit, args.world_size) if args.bandwidth_mbit else [1e5] * args.world_size
+    weights = sum(layer["param_bytes"] for layer in prof["layers"])
+    activations = sum(layer["activation_bytes_per_sample"] for layer in prof["layers"])
+    # The planner's memory for one stage holding everything (Adam: 2 bytes
+    # of state per byte of weights; one stashed version; one micro-batch).
+    whole = weights * (1 + 1 + 2 + 1) + args.micro_batch_size * activations
+    share = min(1.0, (os.cpu_count() or 1) / args.world_size)
+    return [{"name": f"rank{r}", "memory_gb": args.node_memory_fraction * whole / 1e9, "compute": share,
+             "bandwidth_mbit": float(rates[r])} for r in range(args.world_size)]
+
+
+def plan_layouts(args) -> None:
+    """args.layouts and args.plan_rows for plan:bagua and plan:ravnest."""
+    from bagua_ravnest.pipeline import Layout
+    from bagua_ravnest.plan import make_plans
+
+    prof = model_profile(args)
+    nodes = plan_nodes(args, prof)
+    plans = make_plans(nodes, prof, args.micro_batch_size, 2.0)
+    names = [n["name"] for n in nodes]
+    for schedule, key in zip(PLAN_SCHEDULES, ("plan", "ravnest")):
+        plan = plans[key]
+        layout = Layout.from_plan(plan, names)
+        args.layouts[schedule] = layout
+        left_out = args.world_size - len(layout.ranks)
+        shape = " + ".join(f"1 × {len(c)}" for c in layout.clusters) + (f", {left_out} left out" if left_out else "")
+        args.plan_rows[schedule] = {"predicted_samples_per_s": plan["samples_per_s"], "plan_fits": plan["fits"],
+                                    "shape": shape,
+                                    "layout": layout.describe(), "plan_explanation": plan["explanation"],
+                                    "nodes": nodes}
+        print(plan["explanation"], end="", flush=True)
+
+
 def failed_row(schedule: str, failed: list, args, ends) -> dict:
     """A schedule that could not run: which ranks stopped and why (a rank
     the kernel killed at the memory limit exits with -9)."""
@@ -387,9 +450,12 @@ def failed_row(schedule: str, failed: list, args, ends) -> dict:
 
 
 def summarize(schedule: str, ranks: list[dict], args, ends) -> dict:
-    last = ranks[-1]
+    layout = args.layouts.get(schedule)
+    # The loss is the last stage's (of cluster 0 under a plan: the last rank
+    # may be left out).
+    last = ranks[layout.clusters[0][-1]] if layout is not None else ranks[-1]
     seconds = max(r["seconds"] for r in ranks)
-    samples = args.steps * samples_per_step(args)
+    samples = args.steps * samples_per_step(args, schedule)
     return {
         "schedule": schedule,
         "world_size": args.world_size,
@@ -410,6 +476,7 @@ def summarize(schedule: str, ranks: list[dict], args, ends) -> dict:
         "train_loss": last["train_loss"],
         "held_out_curve": last["held_out"],
         "held_out_loss": last["held_out"][-1]["held_out_loss"],
+        **(args.plan_rows.get(schedule) or {}),
     }
 
 
@@ -439,6 +506,11 @@ def main(argv=None) -> int:
     ap.add_argument("--bandwidth-mbit", help="emulated link rate(s) between stages in Mbit/s (needs root)")
     ap.add_argument("--slow-stage", type=int, help="this rank gets --slow-cpu of a core (cgroup cpu quota; root)")
     ap.add_argument("--slow-cpu", type=float, default=0.5)
+    ap.add_argument("--plans", action="store_true",
+                    help="run ravnest on the cluster planner's plan and on Ravnest's own for nodes made from the "
+                         "emulated network (predicted against measured)")
+    ap.add_argument("--node-memory-fraction", type=float, default=0.6,
+                    help="with --plans: each node's memory as a fraction of what the whole model needs on one")
     ap.add_argument("--memory-budget-mb", type=int,
                     help="every rank's memory limit in MiB (cgroup v1 memory, root): a schedule whose ranks need "
                          "more is killed and reported as failed")
@@ -448,14 +520,22 @@ def main(argv=None) -> int:
     if args.clusters < 1 or args.world_size % args.clusters:
         ap.error(f"--clusters must divide --world-size ({args.world_size}) into clusters of equal size")
     args.stages = args.world_size // args.clusters
+    args.layouts, args.plan_rows = {}, {}
     allowed = SCHEDULES if args.clusters == 1 else CLUSTER_SCHEDULES
+    if args.plans:
+        if args.clusters != 1 or args.schedules:
+            ap.error("--plans chooses the layouts and the schedule (ravnest on each plan): leave out --clusters and "
+                     "--schedules")
+        if not 0 < args.node_memory_fraction:
+            ap.error("--node-memory-fraction must be positive")
+        allowed = PLAN_SCHEDULES
     schedules = [s for s in (args.schedules or ",".join(allowed)).split(",") if s]
     for s in schedules:
-        if s.partition(":")[0] not in allowed:
+        if s not in allowed and s.partition(":")[0] not in allowed:
             ap.error(f"schedule {s!r} does not run with --clusters {args.clusters}; choose from {', '.join(allowed)}"
                      + ("" if args.clusters > 1 else f" (or --clusters > 1 for {', '.join(CLUSTER_SCHEDULES)})"))
         try:
-            async_options(s)
+            async_options(s) if s not in PLAN_SCHEDULES else None
         except ValueError as e:
             ap.error(str(e))
     if args.stages < 2:
@@ -478,6 +558,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     ends = cut_points(args)
+    if args.plans:
+        try:
+            plan_layouts(args)
+        except ValueError as e:
+            ap.exit(2, f"pipeline.py: {e}\n")
     runs: dict[str, list[dict]] = {s: [] for s in schedules}
     try:
         with network(args.bandwidth_mbit, args.world_size) as net, \
@@ -523,23 +608,27 @@ def main(argv=None) -> int:
         rows.append(row)
     by = {r["schedule"]: r for r in rows if "failed" not in r}
     for r in by.values():
-        for base in ("torch_gpipe", "torch_1f1b", "sync_1f1b", "ddp"):
+        for base in ("torch_gpipe", "torch_1f1b", "sync_1f1b", "ddp", "plan:ravnest"):
             if base in by:
                 r[f"speed_vs_{base}"] = r["samples_per_s"] / by[base]["samples_per_s"]
                 r[f"held_out_vs_{base}"] = r["held_out_loss"] / by[base]["held_out_loss"]
     print(f"{args.clusters} cluster(s) of {args.stages} stages, cuts after layers {ends} of {args.blocks + 2}; "
-          f"network {net.label}"
+          f"network {net.label}" if not args.plans else
+          "\n".join(f"{name}: {layout.describe()}" for name, layout in args.layouts.items()) + f"\nnetwork {net.label}"
           + (f"; stage {args.slow_stage} at {args.slow_cpu:g} core" if args.slow_stage is not None else ""))
     for r in rows:
         if "failed" in r:
             print(f"{r['schedule']:<12} failed: {r['failed']}")
             continue
         vs = "  ".join(f"{k.removeprefix('speed_vs_')} ×{v:.2f}" for k, v in r.items() if k.startswith("speed_vs_"))
-        print(f"{r['schedule']:<12} {r['samples_per_s']:8.1f} samples/s  held-out {r['held_out_loss']:.4f}  {vs}")
+        predicted = f"  (predicted {r['predicted_samples_per_s']:.1f})" if "predicted_samples_per_s" in r else ""
+        print(f"{r['schedule']:<12} {r['samples_per_s']:8.1f} samples/s{predicted}  held-out {r['held_out_loss']:.4f}  "
+              f"{vs}")
     if args.json_path:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
         with open(args.json_path, "w") as f:
-            json.dump({"benchmark": "pipeline", "machine": machine_info(), "args": vars(args), "rows": rows}, f,
+            settings = {k: v for k, v in vars(args).items() if k not in ("layouts", "plan_rows")}
+            json.dump({"benchmark": "pipeline", "machine": machine_info(), "args": settings, "rows": rows}, f,
                       indent=2)
         print(f"wrote {args.json_path}")
     return 0

@@ -113,6 +113,53 @@ def pipeline_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ravnest_table(runs: list[dict]) -> str:
+    """One line per case and schedule of benchmarks/pipeline.py --clusters:
+    speed and held-out loss against the synchronous analogue and DDP of the
+    same run; a schedule that could not run says why."""
+    lines = ["| clusters × stages | network | memory per rank | schedule | samples/s (median; range over rounds) | "
+             "step ms | vs sync_1f1b | vs ddp | held-out loss | vs sync_1f1b | peak RSS per rank (MiB) | "
+             "waited for averaging (s, per rank) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for data in runs:
+        for r in data["rows"]:
+            shape = f"{r['clusters']} × {r['stages']}"
+            budget = f"{r['memory_budget_mb']} MiB" if r.get("memory_budget_mb") else "—"
+            if "failed" in r:
+                lines.append(f"| {shape} | {r['network']} | {budget} | {r['schedule']} | failed: {r['failed']} | "
+                             "| | | | | | |")
+                continue
+            speed = [f"×{r[k]:.2f}" if k in r else "—" for k in ("speed_vs_sync_1f1b", "speed_vs_ddp")]
+            held = f"{100 * (r['held_out_vs_sync_1f1b'] - 1):+.1f}%" if "held_out_vs_sync_1f1b" in r else "—"
+            rounds = [v for v in (r.get("samples_per_s_rounds") or [r["samples_per_s"]]) if v is not None]
+            speed_cell = f"{r['samples_per_s']:.1f}" + (f" ({min(rounds):.0f}–{max(rounds):.0f})" if len(rounds) > 1 else "")
+            rss = " / ".join(f"{b / 2**20:.0f}" for b in r["peak_memory_bytes"])
+            waits = r.get("averaging_wait_s") or []
+            wait = " / ".join(f"{w:.1f}" for w in waits) if any(w is not None for w in waits) else "—"
+            lines.append(f"| {shape} | {r['network']} | {budget} | {r['schedule']} | {speed_cell} | "
+                         f"{r['step_ms_median']:.1f} | {speed[0]} | {speed[1]} | {r['held_out_loss']:.4f} | {held} | "
+                         f"{rss} | {wait} |")
+    return "\n".join(lines)
+
+
+def plans_table(runs: list[dict]) -> str:
+    """One line per plan of benchmarks/pipeline.py --plans: its layout, the
+    speed it predicts and the speed measured."""
+    lines = ["| network | plan | layout | predicted samples/s | measured samples/s (median; range) | measured / predicted "
+             "| vs Ravnest's plan | held-out loss |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for data in runs:
+        for r in data["rows"]:
+            rounds = [v for v in (r.get("samples_per_s_rounds") or [r["samples_per_s"]]) if v is not None]
+            speed = f"{r['samples_per_s']:.1f}" + (f" ({min(rounds):.0f}–{max(rounds):.0f})" if len(rounds) > 1 else "")
+            name = {"plan:bagua": "ours", "plan:ravnest": "Ravnest's (GA, equal splits)"}.get(r["schedule"], r["schedule"])
+            vs = f"×{r['speed_vs_plan:ravnest']:.2f}" if "speed_vs_plan:ravnest" in r else "—"
+            layout = "; ".join(line.strip() for line in r["layout"].splitlines()[1:])
+            lines.append(f"| {r['network']} | {name} | {r.get('shape', '')}: {layout} | {r['predicted_samples_per_s']:.1f} | "
+                         f"{speed} | {r['samples_per_s'] / r['predicted_samples_per_s']:.2f} | {vs} | "
+                         f"{r['held_out_loss']:.4f} |")
+    return "\n".join(lines)
+
+
 def machine_line(data: dict) -> str:
     m = data["machine"]
     line = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}"

@@ -119,7 +119,8 @@ class Layout:
         return out
 
     def describe(self) -> str:
-        lines = [f"ravnest layout: {len(self.clusters)} clusters over {len(self.ranks)} ranks, {self.layers} layers"]
+        k = len(self.clusters)
+        lines = [f"ravnest layout: {k} cluster{'s' if k > 1 else ''} over {len(self.ranks)} ranks, {self.layers} layers"]
         for c, (members, cuts) in enumerate(zip(self.clusters, self.ends)):
             stages = ", ".join(f"rank {r}: layers {a}-{b - 1}" for r, a, b in zip(members, (0,) + cuts[:-1], cuts))
             lines.append(f"  cluster {c}: {stages}")

@@ -142,7 +142,7 @@ def test_bench_quick_regenerates_its_sections_only(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     text = docs.read_text()
     assert text.startswith("# Benchmarks\n\nHand-written text stays.")
-    for part in ("", " realdata", " adam", " pipeline"):
+    for part in ("", " realdata", " adam", " pipeline", " ravnest"):
         assert text.count(f"<!-- make bench{part}: begin -->") == 1, part
         assert text.count(f"<!-- make bench{part}: end -->") == 1, part
     assert "### loopback" in text and "### uniform-200mbit" in text
@@ -159,6 +159,9 @@ def test_bench_quick_regenerates_its_sections_only(tmp_path):
     pipeline = text.split("<!-- make bench pipeline: begin -->")[1].split("<!-- make bench pipeline: end -->")[0]
     for name in ("| async |", "| async:max_in_flight=4 |", "| torch_gpipe |", "| torch_1f1b |"):
         assert name in pipeline, name
+    ravnest = text.split("<!-- make bench ravnest: begin -->")[1].split("<!-- make bench ravnest: end -->")[0]
+    for name in ("| ravnest |", "| sync_1f1b |", "| ddp |"):
+        assert name in ravnest, name
     proc = subprocess.run([sys.executable, "benchmarks/bench.py", "--parts", "adam,nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "unknown nope" in proc.stderr
