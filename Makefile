@@ -11,7 +11,7 @@ BUILD_CORE  := build/core
 JOBS        ?= $(shell nproc)
 WORLD_SIZE  ?= 4
 OUT         ?= out
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 15
 FUZZ_CODECS := identity fp16 bf16 minmax_uint8 sign1bit
 
 .PHONY: all deps build cpp-test py-test test demo bench horovod fuzz fuzz-build clean

@@ -360,18 +360,23 @@ class _Run:
             inp = self.activations.popleft().tensor
             if inp.is_floating_point():
                 inp.requires_grad_(True)
-        version = p.versions.acquire()
         if p.trace is not None:
             p.trace["forward_update"][mb] = p.updates
             p.trace["forward_at"][mb] = len(p.trace["events"])
-        out = p.versions.forward(version, inp)
-        self.forwarded += 1
         if p.last:
+            # The last stage runs a micro-batch's forward, loss and backward
+            # at once: no update can come in between, so it stashes nothing
+            # and runs on the live weights (autograd accumulates into .grad).
+            out = p.stage(inp)
+            self.forwarded += 1
             loss = p.loss_fn(out, y)
             self.losses.append(loss.item())
             (loss / p.update_frequency).backward()
-            self._finish(mb, inp, version)
+            self._finish(mb, inp, None)
             return
+        version = p.versions.acquire()
+        out = p.versions.forward(version, inp)
+        self.forwarded += 1
         if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not out.requires_grad:
             what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"a {out.dtype} tensor" + (
                 "" if out.requires_grad else " that needs no gradient")
@@ -395,8 +400,9 @@ class _Run:
             if inp.grad is None:
                 raise PipelineError(f"{p.me}: the stage's input got no gradient: its output does not depend on it")
             self.to_prev.put(GRADIENT, mb, inp.grad)
-        p.versions.accumulate_grads(version)
-        p.versions.release(version)
+        if version is not None:
+            p.versions.accumulate_grads(version)
+            p.versions.release(version)
         p._accumulated += 1
         self.finished += 1
         if p.trace is not None and p._accumulated == p.update_frequency:
