@@ -242,12 +242,14 @@ class DDPTrainer(Trainer):
 
     def __init__(self, rank, args):
         import charlm
-        from torch import nn
+        from bagua_ravnest.pipeline import stage_module
         from torch.nn.parallel import DistributedDataParallel
 
         super().__init__()
-        model = nn.Sequential(*[f() for f in seeded(model_layers(args))])
-        self.model = DistributedDataParallel(model)
+        # The whole model as one stage: the same seeds, so the same initial
+        # weights, as every pipeline schedule.
+        layers = model_layers(args)
+        self.model = DistributedDataParallel(stage_module(layers, [len(layers)], 0, seed=0))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         # The same samples per step as a cluster schedule: clusters ×
         # micro-batches × micro-batch size, spread over the ranks.
@@ -271,17 +273,6 @@ class DDPTrainer(Trainer):
         total = sum(float(self.loss_fn(self.model.module(x), y)) for x, y in self.evaluation)
         self.model.train()
         return total / len(self.evaluation)
-
-
-def seeded(factories):
-    """Factory i under torch.manual_seed(i), as stage_module(seed=0) builds
-    it: every schedule starts from the same weights."""
-    def build(i, f):
-        def make():
-            torch.manual_seed(i)
-            return f()
-        return make
-    return [build(i, f) for i, f in enumerate(factories)]
 
 
 def _trainer(rank, world, schedule, args, ends) -> Trainer:

@@ -156,14 +156,6 @@ class ClusterAverager:
         start = time.perf_counter()
         for seg in self.segments:
             while seg.next < len(seg.chunks):
-                chunk = seg.chunks[seg.next]
-                try:
-                    chunk.work.wait(self.timeout)
-                except Exception as e:  # noqa: BLE001 (re-raised with the segment named)
-                    raise PipelineError(
-                        f"{self.me}: averaging layers {seg.first}..{seg.end - 1} with ranks {list(seg.holders)} "
-                        f"failed or did not finish within {self.timeout.total_seconds():g} s ({e}): are those ranks "
-                        "alive?") from e
                 self._land(seg)
         self.wait_seconds += time.perf_counter() - start
         self._check_done()
@@ -180,6 +172,14 @@ class ClusterAverager:
     @torch.no_grad()
     def _land(self, seg: Segment) -> None:
         chunk = seg.chunks[seg.next]
+        # Also for a chunk poll() saw completed: a completed all-reduce may
+        # have failed, and wait() is what raises its error.
+        try:
+            chunk.work.wait(self.timeout)
+        except Exception as e:  # noqa: BLE001 (re-raised with the segment named)
+            raise PipelineError(
+                f"{self.me}: averaging layers {seg.first}..{seg.end - 1} with ranks {list(seg.holders)} failed or "
+                f"did not finish within {self.timeout.total_seconds():g} s ({e}): are those ranks alive?") from e
         delta = chunk.result.div_(len(seg.holders)).sub_(chunk.snapshot)
         for t, d in chunk.views(delta):
             t.add_(d)

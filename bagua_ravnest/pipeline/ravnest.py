@@ -227,18 +227,6 @@ class Ravnest:
 
     # ---------------------------------------------------------------- use
 
-    @property
-    def num_clusters(self) -> int:
-        return len(self.layout.clusters)
-
-    @property
-    def is_first(self) -> bool:
-        return self.stage_index == 0
-
-    @property
-    def is_last(self) -> bool:
-        return self.pipeline is not None and self.pipeline.last
-
     def train(self, data: Iterable | None, micro_batches: int, on_finish=None) -> list[float]:
         """Every cluster runs `micro_batches` micro-batches of its own `data`
         (the first and last stage of each cluster read it: give each cluster
