@@ -4,11 +4,18 @@ uneven networks.
 ``import bagua_ravnest`` registers the "bagua" torch.distributed backend.
 """
 
+import atexit
+
 from . import _C
 from ._C import BaguaError, CommTimeoutError, InvalidArgument, ProtocolError
 from .backend import BackendOptions, register as _register_backend
 
 _register_backend()
+
+# Before the interpreter stops handing out its GIL: our communication threads
+# drop what their finished jobs held (a tensor's last reference taken on one
+# of them during shutdown would abort the process; see CommThread::settle_all).
+atexit.register(_C.settle_threads, 5.0)
 
 from .algorithms import (  # noqa: E402
     algorithm_names,

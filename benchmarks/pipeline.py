@@ -44,7 +44,9 @@ host, TCP across emulated hosts).
         [--slow-stage K --slow-cpu 0.5]  stage K gets half a core (cgroup v1 cpu quota, root)
 
 Rows: schedule, samples_per_s, step_ms_median, per-stage peak_memory_bytes
-(resident set), the training loss per step, held-out loss at equal samples
+(resident set) and cpu_cores (CPU time over the timed run per second: a
+stage under a quota that used all of it was bound by the quota), the
+training loss per step, held-out loss at equal samples
 (evaluated forward-only at --eval-points points, outside the timed
 region), and the speed relative to each torch schedule.
 """
@@ -316,17 +318,19 @@ def _run(rank, world, schedule, args, ends, cgroups):
     trainer.train(args.warmup_steps)  # shapes, allocations, the first messages: not timed
     dist.barrier()
     curve, gaps = [], []
-    timed = 0.0
+    timed = cpu = 0.0
     per_point = [args.steps * (k + 1) // args.eval_points for k in range(args.eval_points)]
     done = 0
     for target in per_point:
         trainer.step_done.clear()
+        cpu_start = _cpu_seconds()
         start = time.perf_counter()
         trainer.step_done.append(start)
         trainer.train(target - done)
         if isinstance(trainer, PipelineTrainer):
             trainer.synchronize()
         timed += time.perf_counter() - start
+        cpu += _cpu_seconds() - cpu_start
         gaps += [b - a for a, b in zip(trainer.step_done, trainer.step_done[1:])]
         done = target
         loss = trainer.evaluate()
@@ -340,10 +344,21 @@ def _run(rank, world, schedule, args, ends, cgroups):
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "version_store_peak_bytes": pipe.versions.peak_bytes if pipe is not None else None,
         "busy_fraction": pipe.busy_seconds / timed if pipe is not None else None,
+        "cpu_cores": cpu / timed,
         "averaging_wait_s": averager.wait_seconds if averager is not None else None,
         "stage_layers": None if schedule == "ddp" else [ends[rank % args.stages - 1] if rank % args.stages else 0,
                                                         ends[rank % args.stages]],
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of every thread of this process so far. Over the timed run it
+    says how many cores a stage used: a stage under a CPU quota that used
+    all of it was bound by the quota in that schedule, whatever its idle
+    time (the quota is a budget per period, so short idle spells cost no
+    compute), and no schedule could have run it faster."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def samples_per_step(args, schedule: str | None = None) -> int:
@@ -463,6 +478,7 @@ def summarize(schedule: str, ranks: list[dict], args, ends) -> dict:
         "peak_memory_bytes": [r["peak_rss_bytes"] for r in ranks],
         "version_store_peak_bytes": [r["version_store_peak_bytes"] for r in ranks],
         "busy_fraction": [r["busy_fraction"] for r in ranks],
+        "cpu_cores": [r["cpu_cores"] for r in ranks],
         "averaging_wait_s": [r["averaging_wait_s"] for r in ranks],
         "train_loss": last["train_loss"],
         "held_out_curve": last["held_out"],
@@ -582,7 +598,8 @@ def main(argv=None) -> int:
                     runs[schedule].append(row)
                     print(f"{schedule:<12} {row['samples_per_s']:8.1f} samples/s  step {row['step_ms_median']:7.1f} ms"
                           f"  held-out {row['held_out_loss']:.4f}  peak RSS "
-                          f"{max(row['peak_memory_bytes']) / 2**20:.0f} MiB", flush=True)
+                          f"{max(row['peak_memory_bytes']) / 2**20:.0f} MiB  cores used "
+                          f"{' / '.join(f'{c:.2f}' for c in row['cpu_cores'])}", flush=True)
     except (NetemUnavailable, ValueError) as e:
         ap.exit(2, f"pipeline.py: {e}\n")
     rows = []

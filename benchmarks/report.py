@@ -97,8 +97,8 @@ def pipeline_table(runs: list[dict]) -> str:
     """One line per case and schedule of benchmarks/pipeline.py: speed and
     held-out loss against torch's schedules of the same run."""
     lines = ["| stages | network | slow stage | schedule | samples/s (median; range over rounds) | step ms | vs torch_gpipe | vs torch_1f1b | "
-             "held-out loss | vs torch_1f1b | peak RSS per stage (MiB) |",
-             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "held-out loss | vs torch_1f1b | peak RSS per stage (MiB) | cores used per stage |",
+             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for data in runs:
         for r in data["rows"]:
             slow = f"{r['slow_stage']['stage']} at {r['slow_stage']['cpu']:g} core" if r.get("slow_stage") else "—"
@@ -107,9 +107,10 @@ def pipeline_table(runs: list[dict]) -> str:
             rss = " / ".join(f"{b / 2**20:.0f}" for b in r["peak_memory_bytes"])
             rounds = r.get("samples_per_s_rounds") or [r["samples_per_s"]]
             speed_cell = f"{r['samples_per_s']:.1f}" + (f" ({min(rounds):.0f}–{max(rounds):.0f})" if len(rounds) > 1 else "")
+            cores = " / ".join(f"{c:.2f}" for c in r["cpu_cores"]) if r.get("cpu_cores") else "—"
             lines.append(f"| {r['world_size']} | {r['network']} | {slow} | {r['schedule']} | {speed_cell} | "
                          f"{r['step_ms_median']:.1f} | {speed[0]} | {speed[1]} | {r['held_out_loss']:.4f} | {held} | "
-                         f"{rss} |")
+                         f"{rss} | {cores} |")
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .agreement import agree
 from .transport import (ACTIVATION, EVAL_ACTIVATION, EVAL_RESULT, GRADIENT, AsSent, Event, Link, PipelineError, Receiver,
                         Outbox, SameEveryTime, Spec)
 from .versions import VersionStore
@@ -116,15 +117,7 @@ class AsyncPipeline:
                 "stage.parameters()")
 
     def _agree(self, what: str, values: list[int]) -> None:
-        """Every stage holds the same `values`, or all raise naming the first
-        stage that differs (a mismatch would otherwise hang a schedule)."""
-        mine = torch.tensor(values, dtype=torch.int64)
-        everyone = [torch.empty_like(mine) for _ in range(self.num_stages)]
-        dist.all_gather(everyone, mine, group=self.group)
-        for s, theirs in enumerate(everyone):
-            if not torch.equal(theirs, everyone[0]):
-                raise ValueError(f"{self.me}: the stages disagree on the pipeline's {what}: stage 0 has "
-                                 f"{everyone[0].tolist()}, stage {s} has {theirs.tolist()}")
+        agree(values, group=self.group, size=self.num_stages, me=self.me, member="stage", what=f"pipeline's {what}")
 
     def _links(self) -> tuple[Link | None, Link | None]:
         prev = Link(self.group, self.me, self.stage_index - 1, self.timeout, self.tag) if not self.first else None

@@ -51,13 +51,22 @@ class Chunk:
     work: object = None
 
     def flat(self) -> torch.Tensor:
-        return torch.cat([t.detach().reshape(-1) for t in self.tensors])
+        return _flatten(self.tensors)
 
     def views(self, flat: torch.Tensor):
-        offset = 0
-        for t in self.tensors:
-            yield t, flat[offset : offset + t.numel()].view_as(t)
-            offset += t.numel()
+        return _views(self.tensors, flat)
+
+
+def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def _views(tensors: list[torch.Tensor], flat: torch.Tensor):
+    """Each of `tensors` with its part of `flat` (as _flatten laid them out)."""
+    offset = 0
+    for t in tensors:
+        yield t, flat[offset : offset + t.numel()].view_as(t)
+        offset += t.numel()
 
 
 @dataclasses.dataclass(eq=False)
@@ -212,13 +221,11 @@ class ClusterAverager:
         copies, blocking: the synchronous analogue of averaging, every step."""
         for seg in self.segments:
             for chunk in seg.chunks:
-                params = [t for t in chunk.tensors if isinstance(t, nn.Parameter) and t.grad is not None]
-                if not params:
+                grads = [t.grad for t in chunk.tensors if isinstance(t, nn.Parameter) and t.grad is not None]
+                if not grads:
                     continue
-                flat = torch.cat([p.grad.reshape(-1) for p in params])
+                flat = _flatten(grads)
                 dist.all_reduce(flat, group=seg.group)
                 flat.div_(len(seg.holders))
-                offset = 0
-                for p in params:
-                    p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-                    offset += p.numel()
+                for g, mean in _views(grads, flat):
+                    g.copy_(mean)

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .agreement import agree
 from .async_pipeline import AsyncPipeline
 from .cluster_average import DEFAULT_CHUNK_BYTES, ClusterAverager
 from .partition import stage_module
@@ -216,14 +217,8 @@ class Ravnest:
                               link_mbit=",".join(f"{rates[r]:g}" for r in members) if rates else "")
 
     def _agree_world(self, what: str, values: list[int]) -> None:
-        mine = torch.tensor(values, dtype=torch.int64)
-        everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-        dist.all_gather(everyone, mine)
-        for r, theirs in enumerate(everyone):
-            if not torch.equal(theirs, everyone[0]):
-                raise ValueError(f"ravnest rank {self.rank}: the ranks disagree on the {what}: rank 0 has "
-                                 f"{everyone[0].tolist()}, rank {r} has {theirs.tolist()} (every rank must build "
-                                 "Ravnest with the same layout and options)")
+        agree(values, group=None, size=dist.get_world_size(), me=f"ravnest rank {self.rank}", member="rank",
+              what=what, hint=" (every rank must build Ravnest with the same layout and options)")
 
     # ---------------------------------------------------------------- use
 

@@ -18,6 +18,7 @@
 #include "codec/cuda/cuda_codec.hpp"
 #include "collectives/agree.hpp"
 #include "collectives/link_probe.hpp"
+#include "comm/comm_thread.hpp"
 #include "comm/shm_transport.hpp"
 #include "comm/tags.hpp"
 #include "core/error.hpp"
@@ -276,6 +277,14 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("wire"), py::arg("count"), py::arg("out") = py::none(),
           "float32 values (on the wire's device, CPU or CUDA) from wire bytes; malformed bytes raise ProtocolError.");
+  m.def(
+      "settle_threads",
+      [](double seconds) {
+        return CommThread::settle_all(std::chrono::milliseconds(static_cast<long>(seconds * 1000)));
+      },
+      py::arg("seconds"), py::call_guard<py::gil_scoped_release>(),
+      "Waits (at most `seconds`) until every communication thread has destroyed the jobs submitted so far; "
+      "called at interpreter exit.");
   m.def("cuda_codecs_built", &cuda::built, "Whether this build has the CUDA codec kernels (nvcc was found).");
   m.def("codec_names", [] { return codec_names(); });
 

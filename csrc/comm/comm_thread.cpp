@@ -4,7 +4,59 @@
 
 namespace bagua {
 
-CommThread::CommThread() : shared_(std::make_shared<Shared>()), thread_(&CommThread::run, shared_) {}
+CommThread::CommThread() : shared_(std::make_shared<Shared>()), thread_(&CommThread::run, shared_) {
+  std::lock_guard lock(registry_mutex());
+  auto& all = registry();
+  std::erase_if(all, [](const auto& w) { return w.expired(); });
+  all.push_back(shared_);
+}
+
+std::mutex& CommThread::registry_mutex() {
+  static auto* mu = new std::mutex;
+  return *mu;
+}
+
+std::vector<std::weak_ptr<CommThread::Shared>>& CommThread::registry() {
+  static auto* all = new std::vector<std::weak_ptr<Shared>>;
+  return *all;
+}
+
+bool CommThread::settle_all(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::vector<std::shared_ptr<Shared>> live;
+  {
+    std::lock_guard lock(registry_mutex());
+    for (const auto& w : registry()) {
+      if (auto s = w.lock()) live.push_back(std::move(s));
+    }
+  }
+  // A marker job behind each queue: a thread reaches it only after it has
+  // destroyed every job before it (run() destroys each before taking the
+  // next), and a dropped marker counts as reached.
+  struct Markers {
+    std::mutex mu;
+    std::condition_variable cv;
+    int left = 0;
+  };
+  auto markers = std::make_shared<Markers>();
+  const auto reached = [markers] {
+    std::lock_guard lock(markers->mu);
+    --markers->left;
+    markers->cv.notify_all();
+  };
+  for (const auto& s : live) {
+    std::lock_guard lock(s->mu);
+    if (s->stopping) continue;
+    {
+      std::lock_guard count(markers->mu);
+      ++markers->left;
+    }
+    s->jobs.push_back(Job{reached, reached});
+    s->cv.notify_all();
+  }
+  std::unique_lock lock(markers->mu);
+  return markers->cv.wait_until(lock, deadline, [&] { return markers->left == 0; });
+}
 
 CommThread::~CommThread() {
   std::deque<Job> dropped;

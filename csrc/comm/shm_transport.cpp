@@ -96,8 +96,9 @@ struct ShmTransport::Link {
     if (exited(pidfd)) throw Error(fmt::format("rank {} (pid {}) exited", peer, pid));
   }
 
-  void finish(ShmOp& op, std::exception_ptr error);  // with mu held
-  void fail(std::exception_ptr error);               // without mu
+  void finish(ShmOp& op, std::exception_ptr error);    // with mu held
+  void complete(ShmOp& op, std::exception_ptr error);  // without mu, by the thread that moved its bytes
+  void fail(std::exception_ptr error);                 // without mu
   void send_loop();
   void receive_loop();
 };
@@ -112,7 +113,7 @@ struct ShmOp final : Request {
   Tag tag = 0;
   State state = State::Queued;  // guarded by link->mu
   std::exception_ptr error;
-  std::shared_ptr<void> keep_alive;  // the buffer's owner, held while a queue holds the operation
+  std::shared_ptr<void> keep_alive;  // the buffer's owner, from queueing until its bytes have moved
 
   std::string describe() const {
     return fmt::format("rank {}: shared-memory {} of {} bytes {} rank {} (tag {})", link->rank,
@@ -160,15 +161,36 @@ void ShmTransport::Link::finish(ShmOp& op, std::exception_ptr error) {
   cv.notify_all();
 }
 
-void ShmTransport::Link::fail(std::exception_ptr error) {
+void ShmTransport::Link::complete(ShmOp& op, std::exception_ptr error) {
+  // The buffer's owner (a tensor, for the backend) is let go first, outside
+  // the lock and while whoever waits for the operation still holds its own
+  // reference, so that this thread never drops the last one. The last
+  // reference of a tensor Python has seen takes Python's GIL, and a thread
+  // asking for the GIL while the interpreter shuts down is ended on the
+  // spot (pthread_exit), which aborts the process from inside a destructor:
+  // a message received just before a script ends did exactly that.
+  op.keep_alive.reset();
   std::lock_guard lock(mu);
-  if (!broken) broken = error;
-  for (auto& op : sends) finish(*op, broken);
-  sends.clear();
-  for (auto& [tag, queue] : posted) {
-    for (auto& op : queue) finish(*op, broken);
+  finish(op, std::move(error));
+}
+
+void ShmTransport::Link::fail(std::exception_ptr error) {
+  std::vector<std::shared_ptr<ShmOp>> ops;
+  {
+    std::lock_guard lock(mu);
+    if (!broken) broken = error;
+    error = broken;
+    for (auto& op : sends) ops.push_back(std::move(op));
+    sends.clear();
+    for (auto& [tag, queue] : posted) {
+      for (auto& op : queue) ops.push_back(std::move(op));
+    }
+    posted.clear();
+    // Out of the queues and not done: a waiter that times out now waits
+    // for complete() instead of withdrawing them.
+    for (auto& op : ops) op->state = ShmOp::State::Active;
   }
-  posted.clear();
+  for (auto& op : ops) complete(*op, error);
 }
 
 void ShmTransport::Link::send_loop() {
@@ -192,10 +214,7 @@ void ShmTransport::Link::send_loop() {
     } catch (...) {
       error = std::current_exception();
     }
-    {
-      std::lock_guard lock(mu);
-      finish(*op, error);
-    }
+    complete(*op, error);
     // Part of a message may be in the channel: nothing after it can be sent.
     if (error) return fail(error);
   }
@@ -221,23 +240,27 @@ void ShmTransport::Link::receive_loop() {
       const auto deadline = Clock::now() + timeout;
       if (op && op->bytes == h.bytes) {
         in->read(op->data, h.bytes, deadline, checker);
-        std::lock_guard lock(mu);
-        finish(*op, nullptr);
+        complete(*op, nullptr);
       } else {
         std::vector<std::uint8_t> message(h.bytes);
         in->read(message.data(), message.size(), deadline, checker);
-        std::lock_guard lock(mu);
-        // A receive posted while the payload was being read is this
-        // message's: it must not wait for the next one.
-        if (!op) op = take_posted(h.tag);
-        if (!op) {
-          early[h.tag].push_back(std::move(message));
-        } else if (op->bytes != h.bytes) {
-          finish(*op, std::make_exception_ptr(ProtocolError(
-                          fmt::format("expected {} bytes, rank {} sent {}", op->bytes, peer, h.bytes))));
+        {
+          std::lock_guard lock(mu);
+          // A receive posted while the payload was being read is this
+          // message's: it must not wait for the next one.
+          if (!op) op = take_posted(h.tag);
+          if (!op) {
+            early[h.tag].push_back(std::move(message));
+            continue;
+          }
+          op->state = ShmOp::State::Active;
+        }
+        if (op->bytes != h.bytes) {
+          complete(*op, std::make_exception_ptr(ProtocolError(
+                            fmt::format("expected {} bytes, rank {} sent {}", op->bytes, peer, h.bytes))));
         } else {
           std::memcpy(op->data, message.data(), message.size());
-          finish(*op, nullptr);
+          complete(*op, nullptr);
         }
       }
     } catch (...) {
@@ -245,8 +268,12 @@ void ShmTransport::Link::receive_loop() {
     }
     if (error) {
       if (op) {
-        std::lock_guard lock(mu);
-        if (op->state != ShmOp::State::Done) finish(*op, error);
+        bool done;
+        {
+          std::lock_guard lock(mu);
+          done = op->state == ShmOp::State::Done;
+        }
+        if (!done) complete(*op, error);
       }
       return fail(error);
     }
@@ -343,7 +370,6 @@ RequestPtr ShmTransport::isend(const void* data, std::size_t bytes, int peer, Ta
   Link& l = link(peer);
   auto op = std::make_shared<ShmOp>();
   op->link = links_.at(peer);
-  op->keep_alive = std::move(keep_alive);
   op->send = true;
   op->data = const_cast<void*>(data);  // only read
   op->bytes = bytes;
@@ -352,6 +378,7 @@ RequestPtr ShmTransport::isend(const void* data, std::size_t bytes, int peer, Ta
   if (l.broken) {
     l.finish(*op, l.broken);
   } else {
+    op->keep_alive = std::move(keep_alive);
     l.sends.push_back(op);
     l.cv.notify_all();
   }
@@ -362,7 +389,6 @@ RequestPtr ShmTransport::irecv(void* data, std::size_t bytes, int peer, Tag tag,
   Link& l = link(peer);
   auto op = std::make_shared<ShmOp>();
   op->link = links_.at(peer);
-  op->keep_alive = std::move(keep_alive);
   op->data = data;
   op->bytes = bytes;
   op->tag = tag;
@@ -382,6 +408,7 @@ RequestPtr ShmTransport::irecv(void* data, std::size_t bytes, int peer, Tag tag,
   } else if (l.broken) {
     l.finish(*op, l.broken);
   } else {
+    op->keep_alive = std::move(keep_alive);
     l.posted[tag].push_back(op);
   }
   return op;

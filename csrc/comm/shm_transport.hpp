@@ -40,8 +40,9 @@ class ShmTransport {
   // The connected peers (empty before connect()).
   std::vector<int> peers() const;
   // `keep_alive` (optional) owns the buffer: the transport holds it until
-  // the operation is done, so a caller may drop its request (as torch code
-  // drops an isend's Work) without the buffer going away under the copy.
+  // the bytes have moved, so a caller may drop its request (as torch code
+  // drops an isend's Work) without the buffer going away under the copy,
+  // and lets go of it before the request reports done.
   RequestPtr isend(const void* data, std::size_t bytes, int peer, Tag tag, std::shared_ptr<void> keep_alive = nullptr);
   RequestPtr irecv(void* data, std::size_t bytes, int peer, Tag tag, std::shared_ptr<void> keep_alive = nullptr);
 

@@ -79,4 +79,23 @@ TEST(CommThread, AJobDiesOutsideTheQueueLock) {
   EXPECT_EQ(result.get(), std::future_status::ready);
 }
 
+// At interpreter exit the bindings wait until every thread has destroyed
+// the jobs it finished: what a job captured (a tensor) must not die on that
+// thread once Python has stopped handing out its GIL.
+TEST(CommThread, SettleWaitsUntilFinishedJobsAreDestroyed) {
+  CommThread a, b;
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  auto held_a = std::make_shared<int>(1), held_b = std::make_shared<int>(2);
+  std::weak_ptr<int> watch_a = held_a, watch_b = held_b;
+  a.submit([held_a = std::move(held_a), released] { released.wait(); });
+  b.submit([held_b = std::move(held_b)] {});
+  // Thread a is still inside its job: settling must say it did not finish.
+  EXPECT_FALSE(CommThread::settle_all(std::chrono::milliseconds(50)));
+  release.set_value();
+  EXPECT_TRUE(CommThread::settle_all(std::chrono::seconds(10)));
+  EXPECT_TRUE(watch_a.expired());
+  EXPECT_TRUE(watch_b.expired());
+}
+
 }  // namespace bagua

@@ -139,6 +139,32 @@ TEST(ShmTransport, BookkeepingDoesNotGrowWithTheNumberOfTagsUsed) {
   EXPECT_EQ(world[1]->tracked_tags(), 0u);
 }
 
+// The buffer's owner (a tensor, in the backend) must be let go before the
+// operation is marked done, while the waiter still holds its own reference:
+// the transport's threads must never drop the last one, because the last
+// reference of a tensor Python has seen takes the GIL, and at interpreter
+// shutdown that ends the thread mid-destructor and aborts the process.
+TEST(ShmTransport, LetsGoOfTheBufferOwnerBeforeAnOperationIsDone) {
+  auto world = make_world(2, fresh_session(), 64 << 10);
+  for (int round = 0; round < 200; ++round) {
+    int v = round, got = -1;
+    auto send_owner = std::make_shared<int>(0), recv_owner = std::make_shared<int>(0);
+    // Alternate which side comes first, so that both receive paths (posted
+    // before the message, and the message held until its receive) are used.
+    RequestPtr r = round % 2 ? world[1]->irecv(&got, sizeof got, 0, 5, recv_owner) : nullptr;
+    auto s = world[0]->isend(&v, sizeof v, 1, 5, send_owner);
+    s->wait(5s);
+    EXPECT_EQ(send_owner.use_count(), 1) << "round " << round;
+    if (!r) {
+      while (world[1]->tracked_tags() == 0) std::this_thread::yield();
+      r = world[1]->irecv(&got, sizeof got, 0, 5, recv_owner);
+    }
+    r->wait(5s);
+    ASSERT_EQ(got, v);
+    EXPECT_EQ(recv_owner.use_count(), 1) << "round " << round;
+  }
+}
+
 TEST(ShmTransport, SizeMismatchIsAProtocolError) {
   auto world = make_world(2, fresh_session(), 64 << 10);
   std::vector<char> out(100), in(50);
