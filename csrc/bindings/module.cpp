@@ -121,6 +121,7 @@ py::dict cluster_plan_to_py(const ClusterPlan& c, const std::vector<PlanNode>& n
   }
   py::dict out;
   out["stages"] = stages;
+  out["round_trip_s"] = c.round_trip_s;
   out["time_per_microbatch_s"] = c.time_per_microbatch_s;
   return out;
 }

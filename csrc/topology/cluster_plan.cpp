@@ -77,45 +77,148 @@ StagePlan cost_stage(const PlanNode& node, int node_index, const std::vector<Lay
   return s;
 }
 
-// Best split over a chain, or nullopt when nothing fits.
-std::optional<ClusterPlan> best_split(const std::vector<PlanNode>& nodes, const std::vector<int>& chain,
-                                      const std::vector<LayerProfile>& layers, const Prefix& prefix,
-                                      const PlanOptions& options) {
-  const std::size_t m = chain.size(), L = layers.size();
-  if (m > L) return std::nullopt;  // every stage holds at least one layer
-  const int stages = static_cast<int>(m);
-  // best[i][j]: least slowest-stage time of the first i nodes holding layers [0, j).
-  std::vector<std::vector<double>> best(m + 1, std::vector<double>(L + 1, kInf));
-  std::vector<std::vector<std::size_t>> cut(m + 1, std::vector<std::size_t>(L + 1, 0));
-  best[0][0] = 0;
-  for (std::size_t i = 1; i <= m; ++i) {
-    const PlanNode& node = nodes[chain[i - 1]];
-    const std::size_t j_end = i == m ? L : L - (m - i);
-    for (std::size_t j = i; j <= j_end; ++j) {
-      if (i == m && j != L) continue;
-      for (std::size_t a = i - 1; a < j; ++a) {
-        if (best[i - 1][a] == kInf) continue;
-        const StagePlan s = cost_stage(node, chain[i - 1], layers, prefix, a, j, stages, options);
-        if (s.memory_bytes > node.memory_bytes) continue;
-        const double t = std::max(best[i - 1][a], s.time_s);
-        if (t < best[i][j]) {
-          best[i][j] = t;
-          cut[i][j] = a;
+// One micro-batch's way through the chain with nothing queued: every
+// stage's compute, and every link crossed twice (activations on, gradients
+// back) at the slower end's rate. Stage 0 admits a micro-batch only while
+// fewer than S are in flight, so a cluster of S stages finishes at most S
+// micro-batches per round trip, whatever its stages' own times: a slow
+// link inside a chain costs twice, once as the stage time of the nodes on
+// it and once in this loop.
+double link_s(const PlanNode& a, const PlanNode& b, const std::vector<LayerProfile>& layers, std::size_t cut,
+              const PlanOptions& options) {
+  const double bytes = layers[cut - 1].activation_bytes_per_sample * options.micro_batch;
+  return bytes * 8 / (std::min(a.bandwidth_mbit, b.bandwidth_mbit) * 1e6);
+}
+
+void time_cluster(ClusterPlan& plan, const std::vector<PlanNode>& nodes, const std::vector<LayerProfile>& layers,
+                  const PlanOptions& options) {
+  double slowest = 0, round_trip = 0;
+  for (std::size_t i = 0; i < plan.stages.size(); ++i) {
+    const StagePlan& s = plan.stages[i];
+    slowest = std::max(slowest, s.time_s);
+    round_trip += s.compute_s;
+    if (i + 1 < plan.stages.size()) {
+      round_trip += 2 * link_s(nodes[s.node], nodes[plan.stages[i + 1].node], layers, s.end_layer, options);
+    }
+  }
+  plan.round_trip_s = round_trip;
+  plan.time_per_microbatch_s = std::max(slowest, round_trip / static_cast<double>(plan.stages.size()));
+}
+
+// Splits of layers over a fixed chain, by dynamic programming over
+// contiguous cuts; every node gets at least one layer and must hold its
+// stage.
+class Splitter {
+ public:
+  Splitter(const std::vector<PlanNode>& nodes, const std::vector<int>& chain, const std::vector<LayerProfile>& layers,
+           const Prefix& prefix, const PlanOptions& options)
+      : nodes_(nodes), chain_(chain), layers_(layers), prefix_(prefix), options_(options), m_(chain.size()),
+        L_(layers.size()) {}
+
+  // The least slowest-stage time of any split (kInf when none fits), and
+  // every stage time that some split could have, for the search below.
+  double least_slowest(std::vector<double>& stage_times) const {
+    return solve([&](double before, const StagePlan& s, double) {
+      stage_times.push_back(s.time_s);
+      return std::max(before, s.time_s);
+    }).first;
+  }
+
+  // Among the splits whose every stage takes at most `limit`, one with the
+  // shortest round trip (kInf and no plan when there is none).
+  std::pair<double, std::optional<ClusterPlan>> shortest_round_trip(double limit) const {
+    return solve([&](double before, const StagePlan& s, double link) {
+      return s.time_s > limit ? kInf : before + s.compute_s + link;
+    });
+  }
+
+ private:
+  // best[i][j]: the objective over the first i nodes holding layers [0, j);
+  // `step` folds a stage (and the link after it, 0 for the last) into it.
+  template <class Step>
+  std::pair<double, std::optional<ClusterPlan>> solve(Step step) const {
+    if (m_ > L_) return {kInf, std::nullopt};
+    const int stages = static_cast<int>(m_);
+    std::vector<std::vector<double>> best(m_ + 1, std::vector<double>(L_ + 1, kInf));
+    std::vector<std::vector<std::size_t>> cut(m_ + 1, std::vector<std::size_t>(L_ + 1, 0));
+    best[0][0] = 0;
+    for (std::size_t i = 1; i <= m_; ++i) {
+      const PlanNode& node = nodes_[chain_[i - 1]];
+      const std::size_t j_end = i == m_ ? L_ : L_ - (m_ - i);
+      for (std::size_t j = i; j <= j_end; ++j) {
+        if (i == m_ && j != L_) continue;
+        const double link = i < m_ ? 2 * link_s(node, nodes_[chain_[i]], layers_, j, options_) : 0.0;
+        for (std::size_t a = i - 1; a < j; ++a) {
+          if (best[i - 1][a] == kInf) continue;
+          const StagePlan s = cost_stage(node, chain_[i - 1], layers_, prefix_, a, j, stages, options_);
+          if (s.memory_bytes > node.memory_bytes) continue;
+          const double t = step(best[i - 1][a], s, link);
+          if (t < best[i][j]) {
+            best[i][j] = t;
+            cut[i][j] = a;
+          }
         }
       }
     }
+    if (best[m_][L_] == kInf) return {kInf, std::nullopt};
+    ClusterPlan plan;
+    std::size_t j = L_;
+    for (std::size_t i = m_; i >= 1; --i) {
+      const std::size_t a = cut[i][j];
+      plan.stages.push_back(cost_stage(nodes_[chain_[i - 1]], chain_[i - 1], layers_, prefix_, a, j, stages, options_));
+      j = a;
+    }
+    std::reverse(plan.stages.begin(), plan.stages.end());
+    time_cluster(plan, nodes_, layers_, options_);
+    return {best[m_][L_], std::move(plan)};
   }
-  if (best[m][L] == kInf) return std::nullopt;
-  ClusterPlan plan;
-  std::size_t j = L;
-  for (std::size_t i = m; i >= 1; --i) {
-    const std::size_t a = cut[i][j];
-    plan.stages.push_back(cost_stage(nodes[chain[i - 1]], chain[i - 1], layers, prefix, a, j, stages, options));
-    j = a;
+
+  const std::vector<PlanNode>& nodes_;
+  const std::vector<int>& chain_;
+  const std::vector<LayerProfile>& layers_;
+  const Prefix& prefix_;
+  const PlanOptions& options_;
+  std::size_t m_, L_;
+};
+
+// Best split over a chain, or nullopt when nothing fits: the least
+// max(slowest stage, round trip / S). Allowing slower stages can only
+// shorten the shortest round trip, so over the stage times a split can
+// have, the best lies where the two cross: found by bisection, after the
+// common case (the round trip does not bind at the least slowest stage)
+// has been settled with one more pass.
+std::optional<ClusterPlan> best_split(const std::vector<PlanNode>& nodes, const std::vector<int>& chain,
+                                      const std::vector<LayerProfile>& layers, const Prefix& prefix,
+                                      const PlanOptions& options) {
+  const Splitter splitter(nodes, chain, layers, prefix, options);
+  std::vector<double> times;
+  const double least = splitter.least_slowest(times);
+  if (least == kInf) return std::nullopt;
+  const double stages = static_cast<double>(chain.size());
+  auto [round_trip, plan] = splitter.shortest_round_trip(least);
+  if (round_trip / stages <= least) return plan;
+  std::sort(times.begin(), times.end());
+  times.erase(std::unique(times.begin(), times.end()), times.end());
+  times.erase(times.begin(), std::lower_bound(times.begin(), times.end(), least));
+  // Invariant: at times[lo] the round trip still binds; find the first
+  // limit where it does not (if any).
+  std::size_t lo = 0, hi = times.size();
+  while (hi - lo > 1) {
+    const std::size_t mid = lo + (hi - lo) / 2;
+    if (splitter.shortest_round_trip(times[mid]).first / stages > times[mid]) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
   }
-  std::reverse(plan.stages.begin(), plan.stages.end());
-  for (const auto& s : plan.stages) plan.time_per_microbatch_s = std::max(plan.time_per_microbatch_s, s.time_s);
-  return plan;
+  // The best is the binding side's last plan or the other side's first.
+  if (hi < times.size()) {
+    auto other = splitter.shortest_round_trip(times[hi]).second;
+    auto binding = splitter.shortest_round_trip(times[lo]).second;
+    if (other && (!binding || other->time_per_microbatch_s < binding->time_per_microbatch_s)) return other;
+    return binding;
+  }
+  return splitter.shortest_round_trip(times[lo]).second;
 }
 
 // Chains tried for a set of nodes: every order up to 4 nodes, beyond that
@@ -210,9 +313,13 @@ std::string describe(const std::vector<PlanNode>& nodes, const std::vector<Clust
           s.compute_s * 1e3, s.transfer_s * 1e3);
       if (!slowest || s.time_s > slowest->time_s) slowest = &s;
     }
-    if (slowest) {
+    if (slowest && slowest->time_s >= cl.time_per_microbatch_s) {
       out += fmt::format("    slowest stage: {} ({})\n", nodes[slowest->node].name,
                          slowest->transfer_s > slowest->compute_s ? "its link" : "its compute");
+    } else if (slowest) {
+      out += fmt::format("    bound by its round trip: a micro-batch takes {:.2f} ms through every stage and link and "
+                         "back, and at most {} are in flight (its slowest stage, {}, takes {:.2f} ms)\n",
+                         cl.round_trip_s * 1e3, cl.stages.size(), nodes[slowest->node].name, slowest->time_s * 1e3);
     }
   }
   for (int u : unused) {
@@ -255,9 +362,9 @@ ClusterPlan predict_split(const std::vector<PlanNode>& nodes, const std::vector<
     if (stage_ends[i] <= first) throw InvalidArgument("cluster plan: every stage needs at least one layer");
     plan.stages.push_back(cost_stage(nodes[chain[i]], chain[i], layers, prefix, first, stage_ends[i],
                                      static_cast<int>(chain.size()), options));
-    plan.time_per_microbatch_s = std::max(plan.time_per_microbatch_s, plan.stages.back().time_s);
     first = stage_ends[i];
   }
+  time_cluster(plan, nodes, layers, options);
   return plan;
 }
 

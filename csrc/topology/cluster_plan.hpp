@@ -57,7 +57,11 @@ struct StagePlan {
 
 struct ClusterPlan {
   std::vector<StagePlan> stages;    // in pipeline order
-  double time_per_microbatch_s = 0; // its slowest stage
+  // One micro-batch through every stage and link and back, nothing queued.
+  double round_trip_s = 0;
+  // Its slowest stage, or round_trip_s / stages when longer: at most S
+  // micro-batches are in flight in a chain of S stages.
+  double time_per_microbatch_s = 0;
 };
 
 struct ClusterPlanResult {
@@ -81,8 +85,9 @@ double stage_memory_bytes(const std::vector<LayerProfile>& layers, std::size_t f
                           const PlanOptions& options);
 
 // The best split of `layers` over a fixed chain of nodes (every node gets
-// at least one layer): the least slowest-stage time whose stages fit their
-// nodes' memory. Throws InvalidArgument when no split fits.
+// at least one layer): the least time per micro-batch (slowest stage or
+// round trip over S) whose stages fit their nodes' memory. Throws
+// InvalidArgument when no split fits.
 ClusterPlan split_layers(const std::vector<PlanNode>& nodes, const std::vector<int>& chain,
                          const std::vector<LayerProfile>& layers, const PlanOptions& options);
 

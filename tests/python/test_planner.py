@@ -69,6 +69,10 @@ def test_plan_command_prints_and_writes_both_plans(tmp_path):
         for s in cluster["stages"]:
             node = next(n for n in nodes if n["name"] == s["node"])
             assert s["memory_bytes"] <= node["memory_gb"] * 1e9
+        # A cluster's pace: its slowest stage, or its round trip over the
+        # stage count (at most that many micro-batches in flight).
+        bounds = [max(s["time_s"] for s in cluster["stages"]), cluster["round_trip_s"] / len(cluster["stages"])]
+        assert cluster["time_per_microbatch_s"] == pytest.approx(max(bounds))
     if plans["ravnest"]["fits"]:
         assert ours["samples_per_s"] >= plans["ravnest"]["samples_per_s"] * (1 - 1e-9)
 

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <random>
+
 #include "core/error.hpp"
 
 namespace bagua {
@@ -30,8 +33,9 @@ TEST(ClusterPlan, StageMemoryCountsWhatTheDocsSay) {
 }
 
 TEST(ClusterPlan, SplitsByComputeNotEqually) {
-  // A node twice as fast gets about twice the layers.
-  const std::vector<PlanNode> nodes{node("fast", 100, 2.0), node("slow", 100, 1.0)};
+  // A node twice as fast gets about twice the layers (over links fast
+  // enough that the round trip of a balanced split binds by a hair only).
+  const std::vector<PlanNode> nodes{node("fast", 100, 2.0, 1e6), node("slow", 100, 1.0, 1e6)};
   const ClusterPlan p = split_layers(nodes, {0, 1}, equal_layers(12), {});
   ASSERT_EQ(p.stages.size(), 2u);
   EXPECT_EQ(p.stages[0].end_layer - p.stages[0].first_layer, 8u);
@@ -55,8 +59,44 @@ TEST(ClusterPlan, ASlowLinkIsTheBottleneckItShouldBe) {
   // that is 6.4 s each way, far above the compute.
   const std::vector<PlanNode> nodes{node("a", 100, 1.0, 10), node("b", 100, 1.0, 10)};
   const ClusterPlan p = split_layers(nodes, {0, 1}, equal_layers(4), {});
-  EXPECT_NEAR(p.time_per_microbatch_s, 8e6 * 8 / 10e6, 1e-9);
+  const double link = 8e6 * 8 / 10e6;
+  EXPECT_NEAR(p.stages[0].time_s, link, 1e-9);
   EXPECT_GT(p.stages[0].transfer_s, p.stages[0].compute_s);
+  // Two micro-batches in flight, each crossing the link twice and computing
+  // on both stages (2 layers x 8 samples x 1 ms each): the round trip, not
+  // a stage, sets the pace.
+  EXPECT_NEAR(p.round_trip_s, 2 * link + 0.032, 1e-9);
+  EXPECT_NEAR(p.time_per_microbatch_s, p.round_trip_s / 2, 1e-9);
+}
+
+// The split must be the best of all splits under the cost model, round
+// trip included: checked against every split of small random chains whose
+// links are slow enough that the round trip often binds (there the split
+// with the least slowest stage is not always the best one).
+TEST(ClusterPlan, TheSplitIsTheBestOfAllSplits) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> u(0, 1);
+  int round_trip_bound = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::vector<LayerProfile> layers(7);
+    for (auto& l : layers) l = {10e6, 1e3 + u(rng) * 2e5, 1e-3 * (0.2 + u(rng))};
+    std::vector<PlanNode> nodes;
+    for (const char* name : {"a", "b", "c"}) nodes.push_back(node(name, 100, 0.5 + u(rng), 10 + u(rng) * 200));
+    const std::vector<int> chain{0, 1, 2};
+    const ClusterPlan p = split_layers(nodes, chain, layers, {});
+    double best = std::numeric_limits<double>::infinity();
+    for (std::size_t a = 1; a < layers.size(); ++a) {
+      for (std::size_t b = a + 1; b < layers.size(); ++b) {
+        best = std::min(best, predict_split(nodes, chain, {a, b, layers.size()}, layers, {}).time_per_microbatch_s);
+      }
+    }
+    ASSERT_LE(p.time_per_microbatch_s, best * (1 + 1e-12)) << "trial " << trial;
+    ASSERT_GE(p.time_per_microbatch_s, best * (1 - 1e-12)) << "trial " << trial;
+    double slowest = 0;
+    for (const auto& s : p.stages) slowest = std::max(slowest, s.time_s);
+    round_trip_bound += p.time_per_microbatch_s > slowest;
+  }
+  EXPECT_GT(round_trip_bound, 30);  // the case the search exists for came up
 }
 
 TEST(ClusterPlan, MoreClustersWhenEveryNodeHoldsTheModel) {
