@@ -317,6 +317,8 @@ def _run(rank, world, schedule, args, ends, cgroups):
     trainer = _trainer(rank, world, schedule, args, ends)
     trainer.train(args.warmup_steps)  # shapes, allocations, the first messages: not timed
     dist.barrier()
+    pipe = getattr(trainer, "pipe", None)
+    busy_before = pipe.busy_seconds if pipe is not None else 0.0  # the warm-up's is not timed either
     curve, gaps = [], []
     timed = cpu = 0.0
     per_point = [args.steps * (k + 1) // args.eval_points for k in range(args.eval_points)]
@@ -336,14 +338,13 @@ def _run(rank, world, schedule, args, ends, cgroups):
         loss = trainer.evaluate()
         curve.append({"steps": done, "samples": done * samples_per_step(args, schedule), "held_out_loss": loss})
         dist.barrier()
-    pipe = getattr(trainer, "pipe", None)
     averager = getattr(getattr(trainer, "ravnest", None), "averager", None)
     return {
         "rank": rank, "seconds": timed, "step_ms": statistics.median(gaps) * 1e3 if gaps else None,
         "train_loss": trainer.losses[args.warmup_steps:] or None, "held_out": curve,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "version_store_peak_bytes": pipe.versions.peak_bytes if pipe is not None else None,
-        "busy_fraction": pipe.busy_seconds / timed if pipe is not None else None,
+        "busy_fraction": (pipe.busy_seconds - busy_before) / timed if pipe is not None else None,
         "cpu_cores": cpu / timed,
         "averaging_wait_s": averager.wait_seconds if averager is not None else None,
         "stage_layers": None if schedule == "ddp" else [ends[rank % args.stages - 1] if rank % args.stages else 0,
