@@ -44,10 +44,14 @@ void peer_average(Communicator& comm, const std::vector<int>& members, PeerMode 
         own.resize(bytes);
         theirs = own.data();
       }
-      exchange_in_pieces(comm, bytes, [&](std::size_t offset, std::size_t length) {
-        return std::vector<RequestPtr>{comm.isend(at(in, offset), length, peer, tags[first_tag]),
-                                       comm.irecv(at(theirs, offset), length, peer, tags[first_tag])};
-      });
+      exchange_in_pieces(
+          comm, bytes,
+          [&](std::size_t offset, std::size_t length) {
+            return std::vector<RequestPtr>{comm.irecv(at(theirs, offset), length, peer, tags[first_tag])};
+          },
+          [&](std::size_t offset, std::size_t length) {
+            return std::vector<RequestPtr>{comm.isend(at(in, offset), length, peer, tags[first_tag])};
+          });
       reduce_into(out, theirs, count, dtype, ReduceOp::Sum);
       finish_average(out, count, dtype, 2);
       return;

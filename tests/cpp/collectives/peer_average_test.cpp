@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "collectives/neighbour_exchange.hpp"
 #include "core/error.hpp"
 #include "core/float16.hpp"
 #include "support/run_ranks.hpp"
@@ -57,6 +58,22 @@ TEST(PeerAverage, EveryModeOnOneToEightRanks) {
         });
       }
     }
+  }
+}
+
+TEST(PeerAverage, ShiftOneAndRingOfManyPieces) {
+  // A model of several exchange pieces (the test above fits in one).
+  const std::size_t count = (kReceivesAhead + kPiecesInFlight + 2) * kExchangePieceBytes / sizeof(float) + 3;
+  for (PeerMode mode : {PeerMode::ShiftOne, PeerMode::Ring}) {
+    testing::run_ranks(4, [&](int rank, Communicator& comm) {
+      std::vector<float> in(count), out(count), scratch(count);
+      for (std::size_t i = 0; i < count; ++i) in[i] = value(rank, i);
+      peer_average(comm, {0, 1, 2, 3}, mode, 3, in.data(), out.data(), scratch.data(), count, DType::F32,
+                   TagBlock(0, 4));
+      for (std::size_t i = 0; i < count; ++i) {
+        ASSERT_EQ(out[i], expected(mode, rank, 4, 3, i)) << peer_mode_name(mode) << " i=" << i;
+      }
+    });
   }
 }
 
