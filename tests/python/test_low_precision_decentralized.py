@@ -21,7 +21,7 @@ def _replicas(model) -> dict:
     return {k: v.view(torch.float32).clone() for k, v in state.items()}
 
 
-def _against_reference(rank, world, interval):
+def _against_reference(rank, world, interval, repeat_steps):
     gloo = dist.new_group(backend="gloo")
     model = mlp(seed=rank)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -32,18 +32,15 @@ def _against_reference(rank, world, interval):
     opt_ref = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     w = flat_params(ref)
     left, right = w.clone(), w.clone()
+    steps = 0
     worst = 0.0
-    for step, (x, y) in enumerate(batches(rank, 7)):
-        opt.zero_grad()
-        nn.functional.cross_entropy(ours(x), y).backward()
-        opt.step()
-        opt_ref.zero_grad()
-        nn.functional.cross_entropy(ref(x), y).backward()
+
+    def reference_step():
+        nonlocal w, left, right, steps
         opt_ref.step()
-        if (step + 1) % interval:
-            # x moves alone; the replicas wait for the next gossip step.
-            worst = max(worst, float((flat_params(ours) - flat_params(ref)).abs().max()))
-            continue
+        steps += 1
+        if steps % interval:
+            return  # x moves alone; the replicas wait for the next gossip step
         with torch.no_grad():
             x_new = flat_params(ref)
             d = x_new + left / 3 + right / 3 - 5 * w / 3
@@ -57,13 +54,25 @@ def _against_reference(rank, world, interval):
             dist.all_gather(everyone, c, group=gloo)
             left = left + everyone[(rank - 1) % world]
             right = right + everyone[(rank + 1) % world]
-        worst = max(worst, float((flat_params(ours) - flat_params(ref)).abs().max()))
+
+    for step, (x, y) in enumerate(batches(rank, 7)):
+        opt.zero_grad()
+        nn.functional.cross_entropy(ours(x), y).backward()
+        opt_ref.zero_grad()
+        nn.functional.cross_entropy(ref(x), y).backward()
+        # With repeat_steps, some optimizer steps follow one another with no
+        # forward between them (the same gradients applied twice): the
+        # difference encoded at the first is sent before the second.
+        for _ in range(2 if repeat_steps and step % 3 == 1 else 1):
+            opt.step()
+            reference_step()
+            worst = max(worst, float((flat_params(ours) - flat_params(ref)).abs().max()))
     return worst
 
 
-@pytest.mark.parametrize("world,interval", [(2, 1), (4, 1), (4, 3)])
-def test_matches_the_reference(world, interval):
-    for worst in values(run_world(_against_reference, world, interval)):
+@pytest.mark.parametrize("world,interval,repeat_steps", [(2, 1, False), (4, 1, False), (4, 3, False), (4, 1, True)])
+def test_matches_the_reference(world, interval, repeat_steps):
+    for worst in values(run_world(_against_reference, world, interval, repeat_steps)):
         assert worst == 0.0, worst
 
 
