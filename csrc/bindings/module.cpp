@@ -14,6 +14,7 @@
 #include "backend/c10d_communicator.hpp"
 #include "backend/process_group_bagua.hpp"
 #include "backend/scalar_type.hpp"
+#include "bindings/gil_free_holder.hpp"
 #include "codec/codec.hpp"
 #include "codec/cuda/cuda_codec.hpp"
 #include "collectives/agree.hpp"
@@ -155,7 +156,7 @@ PYBIND11_MODULE(_C, m) {
       .def("unlink_names", &ShmTransport::unlink_names)
       .def_property_readonly("peers", &ShmTransport::peers);
 
-  py::class_<ProcessGroupBagua, c10d::Backend, c10::intrusive_ptr<ProcessGroupBagua>>(m, "ProcessGroupBagua")
+  py::class_<ProcessGroupBagua, c10d::Backend, GilFreeHolder<ProcessGroupBagua>>(m, "ProcessGroupBagua")
       .def(py::init([](int rank, int size, const c10::intrusive_ptr<c10d::Backend>& cpu_inner,
                        const c10::intrusive_ptr<c10d::Backend>& cuda_inner, const std::string& allreduce,
                        std::size_t ring_chunk_bytes, double timeout_s, std::shared_ptr<ShmTransport> shm, int rings,
@@ -178,7 +179,8 @@ PYBIND11_MODULE(_C, m) {
              opts.ranks_on_host = ranks_on_host;
              if (!link_mbit.empty()) opts.link_mbit = parse_link_mbit(link_mbit, size);
              opts.timeout = to_ms(timeout_s);
-             return c10::make_intrusive<ProcessGroupBagua>(rank, size, cpu_inner, cuda_inner, opts, std::move(shm));
+             return GilFreeHolder<ProcessGroupBagua>(
+                 c10::make_intrusive<ProcessGroupBagua>(rank, size, cpu_inner, cuda_inner, opts, std::move(shm)));
            }),
            py::arg("rank"), py::arg("size"), py::arg("cpu_inner"), py::arg("cuda_inner"), py::arg("allreduce"),
            py::arg("ring_chunk_bytes"), py::arg("timeout_s"), py::arg("shm") = nullptr, py::arg("rings") = 2,

@@ -264,3 +264,50 @@ def test_compressed_allreduce_on_the_backend():
         for codec in results:  # every rank holds the same values
             assert results[codec][1] == out[0][0][codec][1]
         assert "minmax_uint8" in errors[0] and "float32" in errors[1]
+
+
+def _destroyed_with_work_in_flight(rank, world):
+    import datetime
+    import sys
+    import threading
+
+    from bagua_ravnest import _C
+
+    store = dist.PrefixStore("gil/", dist.distributed_c10d._get_default_store())
+    gloo = dist.ProcessGroupGloo(dist.PrefixStore("gloo/", store), rank, world, datetime.timedelta(seconds=60))
+    pg = _C.ProcessGroupBagua(rank, world, gloo, None, "ring", 1 << 20, 60.0)
+    del gloo  # the backend holds the only reference to its inner Gloo group
+    outs = [torch.empty(3) for _ in range(world)]
+    if rank == 1:
+        store.wait(["join"])  # rank 0 says when to join the all-gather
+        pg.allgather([outs], [torch.full((3,), 1.0)]).wait()
+        return "joined"
+    # An all-gather that waits for rank 1; Gloo's worker holds the only
+    # references to its tensors once Python lets go of them.
+    work = pg.allgather([outs], [torch.full((3,), 0.0)])
+    del work, outs
+    # Rank 1 is told to join by a thread that can run only once this thread
+    # lets go of the GIL (no preemption: a huge switch interval), which it
+    # does nowhere but in the backend's destruction. Destroying the backend
+    # waits for the all-gather, so holding the GIL there would be a deadlock.
+    told = threading.Event()
+
+    def tell_rank_1():
+        told.wait()
+        store.set("join", "1")
+
+    helper = threading.Thread(target=tell_rank_1)
+    helper.start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e6)
+    try:
+        told.set()
+        del pg
+    finally:
+        sys.setswitchinterval(interval)
+    helper.join()
+    return "destroyed"
+
+
+def test_a_backend_destroyed_with_work_in_flight_lets_go_of_the_gil():
+    assert values(run_world(_destroyed_with_work_in_flight, 2, timeout=60)) == ["destroyed", "joined"]
