@@ -10,7 +10,10 @@ rather than a corrupt tensor or a hang. Nothing is pickled.
 
 Sends are posted from the stage's own thread and complete in the
 background (Outbox); receives run on a thread per neighbour (Receiver), so
-a stage computes while its messages move. Everything received, and every
+a stage computes while its messages move. A receive is posted a message
+ahead, payload included once its spec is known: over TCP a send leaves only
+once its receive has been announced to the sender, and on a busy link that
+announcement would queue behind the bulk traffic. Everything received, and every
 receive failure, arrives on the stage's one event queue, which is where
 its loop blocks (always with a timeout).
 """
@@ -157,26 +160,33 @@ class Link:
     def recv(self, kind: int, micro_batch: int, expect: Spec | None, max_bytes: int) -> torch.Tensor:
         """The payload of the next message, which must be `kind` for
         `micro_batch` and, when `expect` is given, of that spec."""
+        return self.finish_recv(self.post_recv(expect), kind, micro_batch, expect, max_bytes)
+
+    def post_recv(self, expect: Spec | None) -> "Posted":
+        """Posts the receive of the next message: its header, and its payload
+        too when its spec is known (`expect`). Over TCP a Gloo send leaves
+        only once its receive has been announced to the sender, and on a busy
+        shaped link that announcement queues behind the bulk traffic: a
+        receive posted early is a send that does not wait for it."""
         header = torch.empty(HEADER_WORDS, dtype=torch.int64)
+        posted = Posted(header, self.group.recv([header], self.peer_stage, self.tag))
+        if expect is not None:
+            posted.payload_known = True
+            if _numel(expect.shape):
+                posted.payload = torch.empty(expect.shape, dtype=expect.dtype)
+                posted.payload_work = self.group.recv([posted.payload], self.peer_stage, self.tag)
+        return posted
+
+    def finish_recv(self, posted: "Posted", kind: int, micro_batch: int, expect: Spec | None,
+                    max_bytes: int) -> torch.Tensor:
+        """Waits for a posted message and checks it: it must be `kind` for
+        `micro_batch` and, when `expect` is given, of that spec. A payload not
+        posted with its header is posted once the header has said what it
+        is, so no receive may be posted behind such a message before this."""
         what = f"receiving micro-batch {micro_batch}'s {KIND_NAMES[kind]} from"
-        header_work = self.group.recv([header], self.peer_stage, self.tag)
-        payload_work = None
-        if kind == GRADIENT and expect is not None and _numel(expect.shape):
-            # A gradient's receive is posted with its header's, not after
-            # the header arrives: over TCP a Gloo send leaves only once its
-            # receive has been announced to the sender, and on a busy shaped
-            # link that announcement queues behind the bulk traffic. A
-            # gradient always has its activation's shape and dtype
-            # (autograd), so the payload is known before its header comes.
-            # Not for activations: measured on a stage held to half a core
-            # at 100 Mbit/s, posting them early cost 5% of the pipeline's
-            # speed (and gained 13% with no slow stage); gradients gain in
-            # both (docs/pipeline.md).
-            payload = torch.empty(expect.shape, dtype=expect.dtype)
-            payload_work = self.group.recv([payload], self.peer_stage, self.tag)
-        self._wait(header_work, what)
+        self._wait(posted.header_work, what)
         try:
-            got_kind, got_mb, spec = decode_header(header, max_bytes)
+            got_kind, got_mb, spec = decode_header(posted.header, max_bytes)
         except PipelineError as e:
             raise PipelineError(f"{self.me}: from {self.peer}: {e}") from None
         if (got_kind, got_mb) != (kind, micro_batch):
@@ -187,13 +197,27 @@ class Link:
             raise PipelineError(
                 f"{self.me}: micro-batch {micro_batch}'s {KIND_NAMES[kind]} from {self.peer} is {spec}, expected "
                 f"{expect}: {_hint(kind)}")
-        if payload_work is None:
+        payload = posted.payload
+        if not posted.payload_known:
             payload = torch.empty(spec.shape, dtype=spec.dtype)
             if payload.numel():
-                payload_work = self.group.recv([payload], self.peer_stage, self.tag)
-        if payload_work is not None:
-            self._wait(payload_work, what)
+                posted.payload_work = self.group.recv([payload], self.peer_stage, self.tag)
+        elif payload is None:
+            payload = torch.empty(spec.shape, dtype=spec.dtype)  # empty: no payload message
+        if posted.payload_work is not None:
+            self._wait(posted.payload_work, what)
         return payload
+
+
+@dataclasses.dataclass
+class Posted:
+    """A message's receives, posted before it arrives."""
+
+    header: torch.Tensor
+    header_work: object
+    payload_known: bool = False
+    payload: torch.Tensor | None = None
+    payload_work: object = None
 
 
 def _hint(kind: int) -> str:
@@ -233,7 +257,13 @@ class AsSent:
 
 class Receiver(threading.Thread):
     """Receives `count` messages of one kind from one neighbour, in order,
-    onto `events`; the first failure ends it (as an error event)."""
+    onto `events`; the first failure ends it (as an error event). The next
+    message's receives are posted before the current one has arrived
+    (RECEIVES_AHEAD messages in all) wherever the current one's payload is
+    already posted, so that its sender never waits for the announcement of
+    a receive (Link.post_recv)."""
+
+    RECEIVES_AHEAD = 2
 
     def __init__(self, link: Link, kind: int, first: int, count: int, expectation, max_bytes: int,
                  events: queue.Queue):
@@ -243,8 +273,20 @@ class Receiver(threading.Thread):
 
     def run(self) -> None:
         try:
-            for mb in range(self.first, self.first + self.count):
-                t = self.link.recv(self.kind, mb, self.expectation.expect(mb), self.max_bytes)
+            posted: collections.deque = collections.deque()  # (micro-batch, Posted)
+            upcoming = self.first
+            end = self.first + self.count
+            for mb in range(self.first, end):
+                # A message whose payload is not yet posted must be the last
+                # one posted: its payload's receive comes after its header.
+                while (upcoming < end and len(posted) < self.RECEIVES_AHEAD
+                       and (not posted or posted[-1][1].payload_known)):
+                    posted.append((upcoming, self.link.post_recv(self.expectation.expect(upcoming))))
+                    upcoming += 1
+                _, message = posted.popleft()
+                # What the message must be may have become known since its
+                # receive was posted (a gradient's activation was sent).
+                t = self.link.finish_recv(message, self.kind, mb, self.expectation.expect(mb), self.max_bytes)
                 self.expectation.received(mb, t)
                 self.events.put(Event(self.kind, mb, t))
         except BaseException as e:  # noqa: BLE001 - handed to the stage loop

@@ -330,6 +330,65 @@ def test_headers_are_checked_before_use():
         encode_header(ACTIVATION, 0, torch.zeros(2, dtype=torch.complex64))
 
 
+class _RecordingLink:
+    """A link that logs when each message's receives are posted and when
+    each is waited for; message mb's payload is float32[2, mb % 2 + 1]."""
+
+    def __init__(self):
+        self.log = []
+
+    def post_recv(self, expect):
+        from bagua_ravnest.pipeline.transport import Posted
+
+        self.log.append("post")
+        return Posted(torch.empty(1), None, payload_known=expect is not None)
+
+    def finish_recv(self, posted, kind, mb, expect, max_bytes):
+        self.log.append(f"finish {mb} {'known' if posted.payload_known else 'unknown'} {expect}")
+        return torch.zeros(2, mb % 2 + 1)
+
+
+def test_receives_are_posted_ahead_of_the_messages_they_wait_for():
+    import queue
+
+    from bagua_ravnest.pipeline.transport import ACTIVATION, GRADIENT, AsSent, Receiver, SameEveryTime, Spec
+
+    # Activations: the first message's payload size comes with its header,
+    # so nothing is posted behind it; from then on the next message's
+    # receives are out before the current one is waited for.
+    link = _RecordingLink()
+    events = queue.Queue()
+    Receiver(link, ACTIVATION, 0, 4, SameEveryTime(), 1 << 20, events).run()
+    posts = [i for i, e in enumerate(link.log) if e.startswith("post")]
+    finishes = [i for i, e in enumerate(link.log) if e.startswith("finish")]
+    assert len(posts) == len(finishes) == 4
+    assert link.log[finishes[0]].startswith("finish 0 unknown None")
+    assert posts[1] > finishes[0]  # nothing behind a payload posted late
+    for k in range(1, 3):
+        assert posts[k + 1] < finishes[k], link.log  # k + 1 posted before k is waited for
+    assert [events.get_nowait().micro_batch for _ in range(4)] == [0, 1, 2, 3]
+
+    # Gradients: each is expected in its activation's spec, which may be
+    # recorded only after its receive was posted; it is checked against the
+    # spec known when it is waited for.
+    link = _RecordingLink()
+    sent = AsSent()
+    sent.specs = {0: Spec((2, 1), torch.float32)}
+    events = queue.Queue()
+    receiver = Receiver(link, GRADIENT, 0, 2, sent, 1 << 20, events)
+    original = link.finish_recv
+
+    def record_the_next_activation(posted, kind, mb, expect, max_bytes):
+        sent.specs[mb + 1] = Spec((2, (mb + 1) % 2 + 1), torch.float32)
+        return original(posted, kind, mb, expect, max_bytes)
+
+    link.finish_recv = record_the_next_activation
+    receiver.run()
+    assert link.log[:2] == ["post", "post"], link.log  # 0's payload was known: 1 went ahead
+    assert link.log[3] == "finish 1 unknown float32[2, 2]", link.log
+    assert events.get_nowait().micro_batch == 0 and events.get_nowait().micro_batch == 1
+
+
 def test_under_torchrun(tmp_path):
     """Three stages under torchrun, from its environment alone: the loss falls,
     and every stage's checkpoint loads back to the same weights."""
