@@ -167,6 +167,11 @@ class DistributedDataParallel(nn.Module):
         spec = resolve_algorithm(algorithm)
         spec = _with_optimizer_hyperparameters(spec, self._registry_name(spec), optimizer)
         self.algorithm = self._agree_on_configuration(spec)
+        name = self._registry_name(self.algorithm)
+        if name and describe_algorithm(name)["optimizer"]:
+            # The optimizer shares hyperparameters with the algorithm
+            # (QAdamOptimizer): it learns the ones the algorithm filled in.
+            optimizer.bind_algorithm(self.algorithm)
 
         self._sync_module_states()
         # Two lanes let two buckets' latency-bound operations overlap (as

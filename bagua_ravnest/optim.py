@@ -4,34 +4,46 @@ QAdamOptimizer is Adam for the ``qadam`` and ``onebit_adam`` algorithms
 (ALGORITHMS.md): during
 ``warmup_steps`` it is exactly ``torch.optim.Adam`` on the averaged gradient;
 afterwards the algorithm leaves in each ``.grad`` the momentum it averaged
-(compressed) over all ranks, and the step uses that momentum with the
-variance frozen at the switch, with the usual bias corrections. Coordinates
-whose frozen variance is exactly 0 (no gradient during the whole warm-up)
-are not updated after the switch.
+(compressed) over all ranks, and the optimizer steps with it, with the usual
+bias corrections.
+
+``variance`` says what becomes of Adam's variance v after the warm-up
+(docs/qadam.md, "The variance after the switch"). Every rank holds the same
+averaged momentum, so each rule keeps the ranks' weights identical without
+sending anything more:
+
+- ``"recovered"`` (qadam's default): v keeps learning, as Adam's does, from
+  the averaged gradient that two consecutive averaged momenta give back:
+  g = (m_t - beta1 * m_{t-1}) / (1 - beta1). With an exact exchange this
+  is torch.optim.Adam, step for step, up to rounding.
+- ``"momentum"`` (onebit_adam's default): v keeps learning from the square
+  of the averaged (bias-corrected) momentum. A sign codec sends each value
+  as its block's scale, so the difference of two of its momenta is mostly
+  that scale's flips, not a gradient.
+- ``"frozen"``: v stays as it was at the switch (BAGUA's rule), with the
+  bias correction of that step; coordinates whose v is 0 there never move.
+- ``None`` (the default): the algorithm's own; DistributedDataParallel tells
+  the optimizer which when it wraps the model.
+
+Where v is 0 (a coordinate that has had no gradient yet) the coordinate
+stays where it is.
 
 With ``precondition=True`` the algorithm compresses each momentum divided by
-the Adam denominator frozen at the switch (sqrt(v_hat) + eps) and multiplies
+the Adam denominator at the switch (sqrt(v_hat) + eps) and multiplies
 back after averaging: the codec's per-block scale then follows the size of
 each coordinate's update instead of its raw momentum, so a coordinate with a
-tiny frozen variance no longer receives a step of lr * (its block's momentum
+tiny variance no longer receives a step of lr * (its block's momentum
 scale) / sqrt(v). The update is the same in expectation; see docs/qadam.md
 for what it changes in practice.
 
-Two rules keep the steps after the switch the size of Adam's, however short
-the warm-up (docs/qadam.md, "Short warm-ups"):
-
-- the frozen variance keeps the bias correction of the step it was frozen
-  at: v_hat = v_T / (1 - beta2^T) for T = warmup_steps. (Correcting v_T with
-  the current step t instead shrinks v_hat as t grows: after a 4-step
-  warm-up every step at t = 100 would be 4.9 times too large.)
-- ``update_bound`` (default 1.0): no coordinate moves by more than
-  update_bound * lr in one step. The denominator is max(sqrt(v_hat) + eps,
-  |m_hat| / update_bound). Exact Adam's update m_hat / sqrt(v_hat) is at most
-  about 1 for a gradient that is steady, so this changes nothing while the
-  frozen variance is still a fair estimate; when the gradients outgrow it
-  (a frozen variance from too few steps), the update is clipped to that of
-  Adam on a steady gradient instead of growing without bound. None turns it
-  off.
+``update_bound`` (default 1.0): no coordinate moves by more than
+update_bound * lr in one step. The denominator is max(sqrt(v_hat) + eps,
+|m_hat| / update_bound). Exact Adam's update m_hat / sqrt(v_hat) is at most
+about 1 for a gradient that is steady, so this changes nothing while the
+variance is a fair estimate; where it is not (a variance frozen after too
+few steps, a tiny variance beside a codec block's large scale) the update is
+clipped to that of Adam on a steady gradient instead of growing without
+bound. None turns it off.
 
     opt = bagua_ravnest.QAdamOptimizer(model.parameters(), lr=1e-3, warmup_steps=100)
     model = bagua_ravnest.DistributedDataParallel(model, algorithm="qadam", optimizer=opt)
@@ -43,10 +55,13 @@ import math
 
 import torch
 
+# The values of QAdamOptimizer's `variance` (and of the algorithms' `variance=` option).
+VARIANCE_RULES = ("recovered", "momentum", "frozen")
+
 
 class QAdamOptimizer(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, warmup_steps: int = 100,
-                 precondition: bool = False, update_bound: float | None = 1.0):
+                 precondition: bool = False, update_bound: float | None = 1.0, variance: str | None = None):
         if not lr > 0:
             raise ValueError(f"QAdamOptimizer: lr must be positive, got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -57,6 +72,9 @@ class QAdamOptimizer(torch.optim.Optimizer):
             raise ValueError(f"QAdamOptimizer: warmup_steps must be a non-negative integer, got {warmup_steps}")
         if update_bound is not None and not update_bound > 0:
             raise ValueError(f"QAdamOptimizer: update_bound must be positive or None, got {update_bound}")
+        if variance is not None and variance not in VARIANCE_RULES:
+            raise ValueError(f"QAdamOptimizer: variance must be one of {', '.join(VARIANCE_RULES)} or None (the "
+                             f"algorithm's own), got {variance!r}")
         if warmup_steps < 1:
             # Without a warm-up there is no variance to freeze: no coordinate would ever move.
             what = "precondition=True divides by" if precondition else "the steps after it use"
@@ -66,27 +84,49 @@ class QAdamOptimizer(torch.optim.Optimizer):
         self.warmup_steps = int(warmup_steps)
         self.precondition = bool(precondition)
         self.update_bound = None if update_bound is None else float(update_bound)
-        # Per parameter, once the variance is frozen: sqrt(v_hat) + eps, and
-        # +inf where v is 0 (dividing by it leaves those coordinates where
-        # they are), with a buffer for each step's denominator (a fresh
-        # tensor per step costs page faults beside the backward pass of the
-        # next step). Derived from the state, so not saved; reset by
-        # load_state_dict.
-        self._frozen_denom: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.variance = variance
+        # The rule in use: `variance`, or the algorithm's default once
+        # DistributedDataParallel has bound this optimizer to it.
+        self._variance = variance
+        # Per parameter after the switch, two buffers: with a frozen
+        # variance, sqrt(v_hat) + eps (+inf where v is 0: dividing by it
+        # leaves those coordinates where they are; derived from the state, so
+        # not saved, and reset by load_state_dict) and each step's
+        # denominator; with a learned one, two scratch buffers. A fresh
+        # tensor per step would cost page faults beside the backward pass of
+        # the next step.
+        self._buffers: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def algorithm_spec(self, name: str = "qadam") -> str:
         """The spec of `name` (qadam or onebit_adam) that matches these hyperparameters."""
         beta1, beta2 = self.param_groups[0]["betas"]
         if any(g["betas"][0] != beta1 for g in self.param_groups):
             raise ValueError(f"QAdamOptimizer: every parameter group must use the same betas[0] with {name}")
+        variance = "" if self.variance is None else f"variance={self.variance},"
         if not self.precondition:
-            return f"{name}:beta1={beta1!r},warmup_steps={self.warmup_steps}"
+            return f"{name}:beta1={beta1!r},{variance}warmup_steps={self.warmup_steps}"
         eps = self.param_groups[0]["eps"]
         if any(g["betas"][1] != beta2 or g["eps"] != eps for g in self.param_groups):
             raise ValueError(f"QAdamOptimizer: with precondition=True every parameter group must use the same "
                              f"betas and eps with {name}")
         return (f"{name}:beta1={beta1!r},beta2={beta2!r},eps={eps!r},precondition=true,"
-                f"warmup_steps={self.warmup_steps}")
+                f"{variance}warmup_steps={self.warmup_steps}")
+
+    def bind_algorithm(self, spec: str) -> None:
+        """Called by DistributedDataParallel with the algorithm's canonical
+        spec, once every rank has agreed on it: the variance rule comes from
+        there when this optimizer was given none."""
+        from .algorithms import parse_algorithm_spec
+
+        _, options = parse_algorithm_spec(spec)
+        rule = options.get("variance")
+        if rule not in VARIANCE_RULES:
+            raise ValueError(f"QAdamOptimizer: the algorithm {spec!r} names no variance rule; it is not one this "
+                             f"optimizer works with (qadam, onebit_adam)")
+        if self.variance is not None and rule != self.variance:
+            raise ValueError(f"QAdamOptimizer: built with variance={self.variance!r}, but the algorithm runs "
+                             f"{spec!r}")
+        self._variance = rule
 
     def state_dict(self):
         out = super().state_dict()
@@ -100,7 +140,7 @@ class QAdamOptimizer(torch.optim.Optimizer):
             raise ValueError(f"QAdamOptimizer: the checkpoint used warmup_steps={saved}, this optimizer "
                              f"{self.warmup_steps}; construct it with the same value")
         super().load_state_dict(state_dict)
-        self._frozen_denom.clear()
+        self._buffers.clear()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -130,23 +170,72 @@ class QAdamOptimizer(torch.optim.Optimizer):
                     denom = (exp_avg_sq.sqrt() / correction).add_(group["eps"])
                     p.addcdiv_(exp_avg, denom, value=-step_size)
                     continue
-                # .grad holds the momentum the algorithm averaged; the variance stays frozen,
-                # with the bias correction of the step it was frozen at (T = warmup_steps).
-                # Where it is 0 the parameter never had a gradient during warm-up: exact Adam
-                # would not move it (its momentum is 0), and dividing compression noise by
-                # eps would throw it far away, so it stays put (its denominator is +inf).
-                frozen = self._frozen_denom.get(p)
-                if frozen is None:
-                    frozen_correction = math.sqrt(1 - beta2**self.warmup_steps)
-                    fixed = (exp_avg_sq.sqrt() / frozen_correction).add_(group["eps"])
-                    fixed.masked_fill_(exp_avg_sq == 0, math.inf)
-                    frozen = self._frozen_denom[p] = (fixed, torch.empty_like(fixed))
-                fixed, denom = frozen
-                if self.update_bound is None:
-                    p.addcdiv_(p.grad, fixed, value=-step_size)
-                    continue
-                # max(sqrt(v_hat) + eps, |m_hat| / bound): |update| <= bound * lr.
-                torch.abs(p.grad, out=denom).mul_(1 / ((1 - beta1**t) * self.update_bound))
-                torch.maximum(denom, fixed, out=denom)
-                p.addcdiv_(p.grad, denom, value=-step_size)
+                # .grad holds the momentum the algorithm averaged (the same on every rank).
+                if self._variance is None:
+                    raise RuntimeError(
+                        "QAdamOptimizer: after the warm-up it steps with the momentum its algorithm averaged; wrap "
+                        "the model with bagua_ravnest.DistributedDataParallel(model, algorithm='qadam' or "
+                        "'onebit_adam', optimizer=this optimizer) before the first step")
+                if self._variance == "frozen":
+                    self._frozen_step(p, group, t, step_size)
+                else:
+                    self._learned_step(p, group, t, step_size, correction)
         return loss
+
+    def _scratch(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        buffers = self._buffers.get(p)
+        if buffers is None:
+            buffers = self._buffers[p] = (torch.empty_like(p), torch.empty_like(p))
+        return buffers
+
+    def _learned_step(self, p, group, t: int, step_size: float, correction: float) -> None:
+        """Adam's step, with v learning from what every rank holds: the
+        averaged gradient given back by two averaged momenta ("recovered"),
+        or the averaged momentum itself ("momentum")."""
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        m = p.grad
+        a, b = self._scratch(p)
+        if self._variance == "recovered":
+            # m_t = beta1 m_{t-1} + (1 - beta1) g on every rank before the
+            # average, so the average gives back the averaged g; exp_avg
+            # holds m_{t-1} (Adam's own at the switch).
+            torch.sub(m, exp_avg, alpha=beta1, out=a)
+            exp_avg_sq.mul_(beta2).addcmul_(a, a, value=(1 - beta2) / (1 - beta1) ** 2)
+        else:
+            exp_avg_sq.mul_(beta2).addcmul_(m, m, value=(1 - beta2) / (1 - beta1**t) ** 2)
+        exp_avg.copy_(m)
+        torch.sqrt(exp_avg_sq, out=a).div_(correction).add_(group["eps"])
+        # v = 0: no gradient has reached this coordinate yet; exact Adam
+        # would not move it (its momentum is 0 too), and dividing a codec's
+        # rounding by eps would throw it far away.
+        a.masked_fill_(exp_avg_sq == 0, math.inf)
+        if self.update_bound is not None:
+            # max(sqrt(v_hat) + eps, |m_hat| / bound): |update| <= bound * lr.
+            torch.abs(m, out=b).mul_(1 / ((1 - beta1**t) * self.update_bound))
+            torch.maximum(a, b, out=a)
+        p.addcdiv_(m, a, value=-step_size)
+
+    def _frozen_step(self, p, group, t: int, step_size: float) -> None:
+        """The step with v frozen at the switch, with the bias correction of
+        the step it was frozen at (T = warmup_steps). Where it is 0 the
+        parameter never had a gradient during warm-up: exact Adam would not
+        move it (its momentum is 0), and dividing compression noise by eps
+        would throw it far away, so it stays put (its denominator is +inf)."""
+        beta1, beta2 = group["betas"]
+        exp_avg_sq = self.state[p]["exp_avg_sq"]
+        buffers = self._buffers.get(p)
+        if buffers is None:
+            frozen_correction = math.sqrt(1 - beta2**self.warmup_steps)
+            fixed = (exp_avg_sq.sqrt() / frozen_correction).add_(group["eps"])
+            fixed.masked_fill_(exp_avg_sq == 0, math.inf)
+            buffers = self._buffers[p] = (fixed, torch.empty_like(fixed))
+        fixed, denom = buffers
+        if self.update_bound is None:
+            p.addcdiv_(p.grad, fixed, value=-step_size)
+            return
+        # max(sqrt(v_hat) + eps, |m_hat| / bound): |update| <= bound * lr.
+        torch.abs(p.grad, out=denom).mul_(1 / ((1 - beta1**t) * self.update_bound))
+        torch.maximum(denom, fixed, out=denom)
+        p.addcdiv_(p.grad, denom, value=-step_size)

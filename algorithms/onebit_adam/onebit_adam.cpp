@@ -37,6 +37,10 @@ void register_onebit_adam(AlgorithmRegistry& registry) {
                      defaults.codec = "sign1bit";
                      defaults.error_feedback = true;
                      defaults.block_elems = kOnebitBlockElems;
+                     // Signs give every value its block's scale: the
+                     // difference of two averaged momenta is mostly that
+                     // scale's flips, not a gradient (docs/qadam.md).
+                     defaults.variance = "momentum";
                      return std::make_unique<QAdam>(parse_qadam_options(o, defaults), world.rank, world.size);
                    },
                    "QAdamOptimizer"});

@@ -39,10 +39,11 @@ QAdam::QAdam(QAdamOptions options, int rank, int world_size)
 
 std::string QAdam::spec() const {
   if (options_.precondition) {
-    return fmt::format("{}:beta1={},beta2={},eps={},precondition=true,warmup_steps={}", options_.name,
-                       options_.beta1, options_.beta2, options_.eps, options_.warmup_steps);
+    return fmt::format("{}:beta1={},beta2={},eps={},precondition=true,variance={},warmup_steps={}", options_.name,
+                       options_.beta1, options_.beta2, options_.eps, options_.variance, options_.warmup_steps);
   }
-  return fmt::format("{}:beta1={},warmup_steps={}", options_.name, options_.beta1, options_.warmup_steps);
+  return fmt::format("{}:beta1={},variance={},warmup_steps={}", options_.name, options_.beta1, options_.variance,
+                     options_.warmup_steps);
 }
 
 void QAdam::init_operations(const BucketView& b, StepContext& /*ctx*/) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "algorithms/registry.hpp"
 
@@ -28,9 +29,23 @@ struct QAdamOptions {
   bool precondition = false;
   double beta2 = 0.999;  // with precondition: the variance's decay, as the optimizer's betas[1]
   double eps = 1e-8;     // with precondition: as the optimizer's eps
+  // How the optimizer's variance goes on after the switch (the optimizer
+  // does the arithmetic; the algorithm only carries the choice, so that the
+  // start-up agreement sees it: ranks with different rules would drift
+  // apart). "recovered": it keeps learning from the averaged gradient that
+  // two consecutive averaged momenta give back; "momentum": from the square
+  // of the averaged momentum (a sign codec cannot give a gradient back);
+  // "frozen": as at the switch. docs/qadam.md.
+  std::string variance = "recovered";
 };
 
-// Reads warmup_steps, beta1, precondition, beta2 and eps from a spec's
+// The values `variance=` takes.
+inline const std::vector<std::string>& qadam_variance_rules() {
+  static const std::vector<std::string> rules{"recovered", "momentum", "frozen"};
+  return rules;
+}
+
+// Reads warmup_steps, beta1, precondition, beta2, eps and variance from a spec's
 // options (shared by qadam and onebit_adam).
 QAdamOptions parse_qadam_options(const AlgorithmOptions& o, QAdamOptions defaults);
 

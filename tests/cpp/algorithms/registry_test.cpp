@@ -175,21 +175,29 @@ TEST(Registry, BytegradPresets) {
 TEST(Registry, QAdamOptions) {
   auto& reg = AlgorithmRegistry::instance();
   const WorldInfo world{0, 2, {0, 0}};
-  EXPECT_EQ(reg.create("qadam:warmup_steps=7,beta1=0.8", world)->spec(), "qadam:beta1=0.8,warmup_steps=7");
+  EXPECT_EQ(reg.create("qadam:warmup_steps=7,beta1=0.8", world)->spec(), "qadam:beta1=0.8,variance=recovered,warmup_steps=7");
   EXPECT_THROW(reg.create("qadam:warmup_steps=-1", world), InvalidArgument);
   EXPECT_THROW(reg.create("qadam:warmup_steps=many", world), InvalidArgument);
   EXPECT_THROW(reg.create("qadam:beta1=1.0", world), InvalidArgument);
   EXPECT_THROW(reg.create("qadam:beta1=x", world), InvalidArgument);
+  // The variance rule travels in the spec (the start-up agreement compares
+  // it); each algorithm has its own default.
+  EXPECT_EQ(reg.create("qadam:variance=frozen", world)->spec(), "qadam:beta1=0.9,variance=frozen,warmup_steps=100");
+  EXPECT_EQ(reg.create("onebit_adam", world)->spec(), "onebit_adam:beta1=0.9,variance=momentum,warmup_steps=100");
+  EXPECT_EQ(reg.create("onebit_adam:variance=recovered", world)->spec(),
+            "onebit_adam:beta1=0.9,variance=recovered,warmup_steps=100");
+  EXPECT_THROW(reg.create("qadam:variance=adaptive", world), InvalidArgument);
 }
 
 TEST(Registry, QAdamPrecondition) {
   auto& reg = AlgorithmRegistry::instance();
   const WorldInfo world{0, 2, {0, 0}};
   EXPECT_EQ(reg.create("onebit_adam:precondition=true,warmup_steps=4", world)->spec(),
-            "onebit_adam:beta1=0.9,beta2=0.999,eps=1e-08,precondition=true,warmup_steps=4");
+            "onebit_adam:beta1=0.9,beta2=0.999,eps=1e-08,precondition=true,variance=momentum,warmup_steps=4");
   EXPECT_EQ(reg.create("qadam:precondition=true,beta2=0.99,eps=1e-6,warmup_steps=4", world)->spec(),
-            "qadam:beta1=0.9,beta2=0.99,eps=1e-06,precondition=true,warmup_steps=4");
-  EXPECT_EQ(reg.create("qadam:precondition=false,warmup_steps=4", world)->spec(), "qadam:beta1=0.9,warmup_steps=4");
+            "qadam:beta1=0.9,beta2=0.99,eps=1e-06,precondition=true,variance=recovered,warmup_steps=4");
+  EXPECT_EQ(reg.create("qadam:precondition=false,warmup_steps=4", world)->spec(),
+            "qadam:beta1=0.9,variance=recovered,warmup_steps=4");
   // beta2 and eps mean nothing without precondition; precondition needs a warm-up to divide by.
   EXPECT_THROW(reg.create("qadam:beta2=0.99", world), InvalidArgument);
   EXPECT_THROW(reg.create("onebit_adam:precondition=true,warmup_steps=0", world), InvalidArgument);
