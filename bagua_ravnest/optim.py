@@ -150,6 +150,7 @@ class QAdamOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            learning: dict[int, list[torch.Tensor]] = {}  # step -> parameters past the warm-up
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -162,12 +163,11 @@ class QAdamOptimizer(torch.optim.Optimizer):
                 t = int(state["step"].item())
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 step_size = group["lr"] / (1 - beta1**t)
-                correction = math.sqrt(1 - beta2**t)
                 if t <= self.warmup_steps:
                     # Plain Adam on the averaged gradient, as torch.optim.Adam computes it.
                     exp_avg.lerp_(p.grad, 1 - beta1)
                     exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                    denom = (exp_avg_sq.sqrt() / correction).add_(group["eps"])
+                    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
                     p.addcdiv_(exp_avg, denom, value=-step_size)
                     continue
                 # .grad holds the momentum the algorithm averaged (the same on every rank).
@@ -179,7 +179,9 @@ class QAdamOptimizer(torch.optim.Optimizer):
                 if self._variance == "frozen":
                     self._frozen_step(p, group, t, step_size)
                 else:
-                    self._learned_step(p, group, t, step_size, correction)
+                    learning.setdefault(t, []).append(p)
+            for t, params in learning.items():
+                self._learned_steps(params, group, t)
         return loss
 
     def _scratch(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,34 +190,47 @@ class QAdamOptimizer(torch.optim.Optimizer):
             buffers = self._buffers[p] = (torch.empty_like(p), torch.empty_like(p))
         return buffers
 
-    def _learned_step(self, p, group, t: int, step_size: float, correction: float) -> None:
-        """Adam's step, with v learning from what every rank holds: the
-        averaged gradient given back by two averaged momenta ("recovered"),
-        or the averaged momentum itself ("momentum")."""
+    def _learned_steps(self, params: list[torch.Tensor], group, t: int) -> None:
+        """Adam's step t for `params`, with v learning from what every rank
+        holds: the averaged gradient given back by two averaged momenta
+        ("recovered"), or the averaged momentum itself ("momentum"). One
+        multi-tensor operation per pass: a model has many small parameters,
+        and dispatching each pass per tensor costs more than its arithmetic."""
         beta1, beta2 = group["betas"]
-        state = self.state[p]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        m = p.grad
-        a, b = self._scratch(p)
+        states = [self.state[p] for p in params]
+        m = [p.grad for p in params]
+        exp_avg = [s["exp_avg"] for s in states]
+        v = [s["exp_avg_sq"] for s in states]
+        a, b = (list(x) for x in zip(*(self._scratch(p) for p in params)))
         if self._variance == "recovered":
             # m_t = beta1 m_{t-1} + (1 - beta1) g on every rank before the
             # average, so the average gives back the averaged g; exp_avg
             # holds m_{t-1} (Adam's own at the switch).
-            torch.sub(m, exp_avg, alpha=beta1, out=a)
-            exp_avg_sq.mul_(beta2).addcmul_(a, a, value=(1 - beta2) / (1 - beta1) ** 2)
+            torch._foreach_copy_(a, m)
+            torch._foreach_add_(a, exp_avg, alpha=-beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, a, a, value=(1 - beta2) / (1 - beta1) ** 2)
+            torch._foreach_copy_(exp_avg, m)
         else:
-            exp_avg_sq.mul_(beta2).addcmul_(m, m, value=(1 - beta2) / (1 - beta1**t) ** 2)
-        exp_avg.copy_(m)
-        torch.sqrt(exp_avg_sq, out=a).div_(correction).add_(group["eps"])
-        # v = 0: no gradient has reached this coordinate yet; exact Adam
-        # would not move it (its momentum is 0 too), and dividing a codec's
-        # rounding by eps would throw it far away.
-        a.masked_fill_(exp_avg_sq == 0, math.inf)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, m, m, value=(1 - beta2) / (1 - beta1**t) ** 2)
+        # lr/(1 - b1^t) * m / (sqrt(v)/c + eps), c = sqrt(1 - b2^t), taken as
+        # lr c/(1 - b1^t) * m / (sqrt(v) + c eps): one pass fewer. Where v is
+        # 0 no gradient has reached the coordinate yet, and its momentum is
+        # 0 as well (v is 0 at the switch only where m is, and every later
+        # change of m enters v in the same step), so it stays put, as exact
+        # Adam would leave it.
+        c = math.sqrt(1 - beta2**t)
+        for vi, ai in zip(v, a):
+            torch.sqrt(vi, out=ai)
+        torch._foreach_add_(a, c * group["eps"])
         if self.update_bound is not None:
             # max(sqrt(v_hat) + eps, |m_hat| / bound): |update| <= bound * lr.
-            torch.abs(m, out=b).mul_(1 / ((1 - beta1**t) * self.update_bound))
-            torch.maximum(a, b, out=a)
-        p.addcdiv_(m, a, value=-step_size)
+            for mi, bi in zip(m, b):
+                torch.abs(mi, out=bi)
+            torch._foreach_mul_(b, c / ((1 - beta1**t) * self.update_bound))
+            torch._foreach_maximum_(a, b)
+        torch._foreach_addcdiv_(params, m, a, value=-group["lr"] * c / (1 - beta1**t))
 
     def _frozen_step(self, p, group, t: int, step_size: float) -> None:
         """The step with v frozen at the switch, with the bias correction of
