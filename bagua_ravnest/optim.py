@@ -76,7 +76,8 @@ class QAdamOptimizer(torch.optim.Optimizer):
             raise ValueError(f"QAdamOptimizer: variance must be one of {', '.join(VARIANCE_RULES)} or None (the "
                              f"algorithm's own), got {variance!r}")
         if warmup_steps < 1:
-            # Without a warm-up there is no variance to freeze: no coordinate would ever move.
+            # Without a warm-up a frozen variance is 0 (no coordinate would ever move), and every rule
+            # starts from the warm-up's variance.
             what = "precondition=True divides by" if precondition else "the steps after it use"
             raise ValueError(f"QAdamOptimizer: {what} the variance learned during the warm-up; "
                              f"use warmup_steps >= 1")
@@ -85,9 +86,11 @@ class QAdamOptimizer(torch.optim.Optimizer):
         self.precondition = bool(precondition)
         self.update_bound = None if update_bound is None else float(update_bound)
         self.variance = variance
-        # The rule in use: `variance`, or the algorithm's default once
-        # DistributedDataParallel has bound this optimizer to it.
-        self._variance = variance
+        # The rule in use, set when DistributedDataParallel binds this
+        # optimizer to its algorithm: `variance`, or the algorithm's default.
+        # Unbound, the steps past the warm-up would read plain gradients as
+        # averaged momenta, so they refuse to run.
+        self._variance: str | None = None
         # Per parameter after the switch, two buffers: with a frozen
         # variance, sqrt(v_hat) + eps (+inf where v is 0: dividing by it
         # leaves those coordinates where they are; derived from the state, so
@@ -159,8 +162,14 @@ class QAdamOptimizer(torch.optim.Optimizer):
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                t = int(state["step"].item()) + 1
+                if t > self.warmup_steps and self._variance is None:
+                    # Checked before any state changes: .grad holds a momentum only under the algorithm.
+                    raise RuntimeError(
+                        "QAdamOptimizer: after the warm-up it steps with the momentum its algorithm averaged; wrap "
+                        "the model with bagua_ravnest.DistributedDataParallel(model, algorithm='qadam' or "
+                        "'onebit_adam', optimizer=this optimizer) before the first step")
                 state["step"] += 1
-                t = int(state["step"].item())
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 step_size = group["lr"] / (1 - beta1**t)
                 if t <= self.warmup_steps:
@@ -171,11 +180,6 @@ class QAdamOptimizer(torch.optim.Optimizer):
                     p.addcdiv_(exp_avg, denom, value=-step_size)
                     continue
                 # .grad holds the momentum the algorithm averaged (the same on every rank).
-                if self._variance is None:
-                    raise RuntimeError(
-                        "QAdamOptimizer: after the warm-up it steps with the momentum its algorithm averaged; wrap "
-                        "the model with bagua_ravnest.DistributedDataParallel(model, algorithm='qadam' or "
-                        "'onebit_adam', optimizer=this optimizer) before the first step")
                 if self._variance == "frozen":
                     self._frozen_step(p, group, t, step_size)
                 else:
@@ -193,9 +197,10 @@ class QAdamOptimizer(torch.optim.Optimizer):
     def _learned_steps(self, params: list[torch.Tensor], group, t: int) -> None:
         """Adam's step t for `params`, with v learning from what every rank
         holds: the averaged gradient given back by two averaged momenta
-        ("recovered"), or the averaged momentum itself ("momentum"). One
-        multi-tensor operation per pass: a model has many small parameters,
-        and dispatching each pass per tensor costs more than its arithmetic."""
+        ("recovered"), or the averaged momentum itself ("momentum"). Passes
+        are multi-tensor operations where torch has them: a model has many
+        small parameters, and dispatching each pass per tensor costs more
+        than its arithmetic."""
         beta1, beta2 = group["betas"]
         states = [self.state[p] for p in params]
         m = [p.grad for p in params]
@@ -217,9 +222,9 @@ class QAdamOptimizer(torch.optim.Optimizer):
         # lr/(1 - b1^t) * m / (sqrt(v)/c + eps), c = sqrt(1 - b2^t), taken as
         # lr c/(1 - b1^t) * m / (sqrt(v) + c eps): one pass fewer. Where v is
         # 0 no gradient has reached the coordinate yet, and its momentum is
-        # 0 as well (v is 0 at the switch only where m is, and every later
-        # change of m enters v in the same step), so it stays put, as exact
-        # Adam would leave it.
+        # 0 as well (v is 0 at the switch only where m is, and with
+        # beta2 > 0 every later change of m enters v in the same step), so
+        # it stays put, as exact Adam would leave it.
         c = math.sqrt(1 - beta2**t)
         for vi, ai in zip(v, a):
             torch.sqrt(vi, out=ai)

@@ -484,7 +484,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=0.05, help="SGD (momentum 0.9) learning rate of every algorithm but qadam")
     ap.add_argument("--adam-lr", type=float, default=0.001, help="learning rate of qadam's and onebit_adam's QAdamOptimizer")
     ap.add_argument("--adam-warmup-steps", type=int, default=10,
-                    help="exact Adam steps of qadam and onebit_adam before compression (the variance is frozen then)")
+                    help="exact Adam steps of qadam and onebit_adam before compression (the optimizer's variance is exact until then)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bucket-cap-mb", type=float, default=None,
                     help="bucket size cap of every DDP-style wrapper (default: each one's own, 25 MiB)")

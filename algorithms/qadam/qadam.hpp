@@ -2,8 +2,8 @@
 // are averaged exactly and bagua_ravnest.QAdamOptimizer runs plain Adam; from
 // then on each rank updates its momentum m = b1 m + (1 - b1) g locally, the
 // momenta are averaged with an 8-bit compressed all-reduce (minmax_uint8),
-// and the optimizer steps with that momentum and the variance frozen at the
-// switch. This object owns the momenta (so they are in the checkpoint) and
+// and the optimizer steps with that momentum and a variance that keeps
+// learning from it (or stays frozen at the switch: the `variance` option). This object owns the momenta (so they are in the checkpoint) and
 // leaves in each gradient bucket what the optimizer must use: the averaged
 // gradient during warm-up, the averaged momentum after it.
 //
