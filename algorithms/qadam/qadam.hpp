@@ -3,8 +3,9 @@
 // then on each rank updates its momentum m = b1 m + (1 - b1) g locally, the
 // momenta are averaged with an 8-bit compressed all-reduce (minmax_uint8),
 // and the optimizer steps with that momentum and a variance that keeps
-// learning from it (or stays frozen at the switch: the `variance` option). This object owns the momenta (so they are in the checkpoint) and
-// leaves in each gradient bucket what the optimizer must use: the averaged
+// learning from it (or stays frozen at the switch: the `variance` option).
+// This object owns the momenta (so they are in the checkpoint) and leaves in
+// each gradient bucket what the optimizer must use: the averaged
 // gradient during warm-up, the averaged momentum after it.
 //
 // onebit_adam (algorithms/onebit_adam) is the same object with the sign1bit
