@@ -112,4 +112,15 @@ const char* block_fault_text(BlockFault f) {
   return "unknown fault";
 }
 
+bool BlockCodec::rounding_variance(const float* decoded, std::size_t count, float* out) const {
+  const std::size_t block = block_for(count);
+  for (std::size_t at = 0; at < count; at += block) {
+    const std::size_t n = std::min(block, count - at);
+    const std::optional<float> variance = block_rounding_variance(decoded + at, n);
+    if (!variance) return false;
+    std::fill(out + at, out + at + n, *variance);
+  }
+  return true;
+}
+
 }  // namespace bagua

@@ -4,6 +4,8 @@
 // the wire size, every header's count and flags before a block is decoded.
 #pragma once
 
+#include <optional>
+
 #include "codec/block_header.hpp"
 #include "codec/block_rules.hpp"
 #include "codec/codec.hpp"
@@ -20,6 +22,8 @@ class BlockCodec : public Codec {
               bool accumulate) const final;
   bool lossless() const final { return false; }
   void encode_with_feedback(const float* x, std::size_t count, float* residual, std::uint8_t* wire) const final;
+  // Block by block, from block_rounding_variance.
+  bool rounding_variance(const float* decoded, std::size_t count, float* out) const final;
 
  protected:
   virtual std::size_t payload_bytes(std::size_t n) const = 0;
@@ -30,6 +34,11 @@ class BlockCodec : public Codec {
   virtual BlockFault block_fault(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const = 0;
   virtual void decode_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,
                             bool accumulate) const = 0;
+  // The rounding's variance, the same for every value of a block, from the
+  // block's n decoded values; nullopt where they do not tell it.
+  virtual std::optional<float> block_rounding_variance(const float* /*decoded*/, std::size_t /*n*/) const {
+    return std::nullopt;
+  }
 
   kernels::Isa isa_;
 

@@ -52,4 +52,8 @@ const float* as_float(const void* in, std::size_t count, DType dtype, std::vecto
   }
 }
 
+bool Codec::rounding_variance(const float* /*decoded*/, std::size_t /*count*/, float* /*out*/) const {
+  return false;
+}
+
 }  // namespace bagua

@@ -43,6 +43,13 @@ class Codec {
   // each step over the whole input; BlockCodec does all of them block by
   // block, the same bits with the values read from memory once.
   virtual void encode_with_feedback(const float* x, std::size_t n, float* residual, std::uint8_t* wire) const;
+  // The variance of the error that this codec's rounding adds to each value,
+  // as far as the `count` decoded values tell it, into `out`; false where
+  // they do not tell it (a codec that does not know, a non-finite block),
+  // and then `out` holds nothing to use. An optimizer that squares
+  // what it receives (qadam's variance) subtracts it: the rounding is
+  // otherwise learned as if it were signal.
+  virtual bool rounding_variance(const float* decoded, std::size_t count, float* out) const;
 
   // The first check of every decoder (CPU or CUDA): ProtocolError unless the
   // size is exact.

@@ -27,4 +27,11 @@ void MinMaxUint8Codec::decode_block(const BlockHeader& h, const std::uint8_t* pa
   kernels::dequantize_u8(payload, n, h.a, element::minmax_step(h.a, h.b), out, accumulate, isa_);
 }
 
+std::optional<float> MinMaxUint8Codec::block_rounding_variance(const float* decoded, std::size_t n) const {
+  const kernels::Range r = kernels::min_max(decoded, n, isa_);
+  if (!r.finite) return std::nullopt;
+  const float step = element::minmax_step(r.lo, r.hi);
+  return step * step / 12.0f;
+}
+
 }  // namespace bagua

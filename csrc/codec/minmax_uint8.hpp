@@ -24,6 +24,11 @@ class MinMaxUint8Codec final : public BlockCodec {
   BlockFault block_fault(const BlockHeader& h, const std::uint8_t* payload, std::size_t n) const override;
   void decode_block(const BlockHeader& h, const std::uint8_t* payload, std::size_t n, float* out,
                     bool accumulate) const override;
+  // Round to nearest on a grid of step (hi - lo + eps) / 255: an error
+  // spread evenly over one step, variance step^2 / 12. A decoded block
+  // spans the same [lo, hi] as its input (q = 0 and 255 are taken), so the
+  // step is known from the decoded values alone.
+  std::optional<float> block_rounding_variance(const float* decoded, std::size_t n) const override;
 };
 
 }  // namespace bagua

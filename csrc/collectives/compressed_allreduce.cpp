@@ -118,4 +118,18 @@ void compressed_allreduce(Communicator& comm, const std::vector<int>& ranks, flo
   codec.decode(wires + offset[pending], wire_of(pending), chunks[pending].count, data + chunks[pending].offset, false);
 }
 
+bool compressed_average_rounding_variance(const float* averaged, std::size_t count, int n, const Codec& codec,
+                                          float* out) {
+  if (n == 1) {  // a group of one leaves the values as they are
+    std::fill(out, out + count, 0.0f);
+    return true;
+  }
+  for (const Segment& chunk : partition(count, n)) {
+    if (!codec.rounding_variance(averaged + chunk.offset, chunk.count, out + chunk.offset)) return false;
+  }
+  const float senders = 1.0f + 1.0f / static_cast<float>(n);
+  for (std::size_t i = 0; i < count; ++i) out[i] *= senders;
+  return true;
+}
+
 }  // namespace bagua

@@ -31,6 +31,17 @@ struct ErrorFeedbackBuffers {
 void compressed_allreduce(Communicator& comm, const std::vector<int>& ranks, float* data, std::size_t count,
                           const Codec& codec, ReduceOp op, Tag tag, const ErrorFeedbackBuffers* feedback = nullptr);
 
+// After an average (op = Avg) of n ranks: the variance of the error that
+// the codec's rounding added to each averaged value, estimated from the
+// averaged values alone (every rank gets the same answer). The owner's
+// encoding of a chunk adds the codec's rounding variance at the chunk's
+// own scale; the n senders' encodings, averaged, add 1/n of theirs, taken
+// at the same scale (a sender's block usually spans more than the
+// average's, which cancels some of each sender's spread: the estimate errs
+// low, never inventing variance that is not there). False where the codec cannot say (codec.hpp).
+bool compressed_average_rounding_variance(const float* averaged, std::size_t count, int n, const Codec& codec,
+                                          float* out);
+
 // How many values of a `count`-value buffer the rank at `position` of an
 // n-rank group owns (reduces) in compressed_allreduce.
 std::size_t compressed_allreduce_owned_count(std::size_t count, int n, int position);

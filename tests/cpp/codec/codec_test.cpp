@@ -61,6 +61,41 @@ TEST(MinMaxUint8, RoundTripWithinHalfAStepPerBlock) {
   }
 }
 
+// What the decoded values say of the rounding: step^2 / 12 per block, step
+// from the block's decoded range; and that is what the rounding did (the
+// mean squared error of many values against the prediction), which is all
+// qadam's optimizer relies on.
+TEST(MinMaxUint8, RoundingVarianceIsOneTwelfthOfTheSquaredStepPerBlock) {
+  const std::size_t block = 4096, n = 3 * block + 1000;
+  auto codec = make_codec("minmax_uint8", block);
+  auto v = random_values(n, 5);
+  for (std::size_t i = block; i < 2 * block; ++i) v[i] *= 1e-3f;  // a block of another scale
+  const auto out = decode(*codec, encode(*codec, v), n);
+  std::vector<float> variance(n, -1.0f);
+  ASSERT_TRUE(codec->rounding_variance(out.data(), n, variance.data()));
+  for (std::size_t start = 0; start < n; start += block) {
+    const std::size_t end = std::min(n, start + block);
+    const float lo = *std::min_element(v.begin() + start, v.begin() + end);
+    const float hi = *std::max_element(v.begin() + start, v.begin() + end);
+    const double step = (static_cast<double>(hi) - lo) / 255;
+    double squared = 0;
+    for (std::size_t i = start; i < end; ++i) {
+      ASSERT_NEAR(variance[i], step * step / 12, 1e-4 * step * step) << "i=" << i;
+      squared += (static_cast<double>(v[i]) - out[i]) * (static_cast<double>(v[i]) - out[i]);
+    }
+    const double measured = squared / static_cast<double>(end - start);
+    EXPECT_GT(measured, 0.8 * step * step / 12) << "block at " << start;
+    EXPECT_LT(measured, 1.2 * step * step / 12) << "block at " << start;
+  }
+  // A block the codec would send as non-finite says nothing.
+  auto bad = out;
+  bad[7] = std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(codec->rounding_variance(bad.data(), n, variance.data()));
+  // Neither do a sign codec's values (+-scale: what each value lost is not in them) nor a float codec's.
+  EXPECT_FALSE(make_codec("sign1bit", 256)->rounding_variance(out.data(), n, variance.data()));
+  EXPECT_FALSE(make_codec("fp16")->rounding_variance(out.data(), n, variance.data()));
+}
+
 TEST(MinMaxUint8, ConstantBlocksAreExactAndHalfInputsWork) {
   auto codec = make_codec("minmax_uint8", 64);
   std::vector<float> v(200, -3.25f);

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <numeric>
@@ -44,6 +45,37 @@ TEST(CompressedAllreduce, SameResultEverywhereAndCloseToTheAverage) {
       }
     }
   }
+}
+
+// The rounding's variance of an average is estimated per block of each
+// rank's chunk (the blocks start at each chunk's start), from the averaged
+// values alone: (1 + 1/n) step^2 / 12, the owner's encoding and 1/n of the
+// senders'. Every rank gets the same answer from the same values.
+TEST(CompressedAllreduce, RoundingVarianceFollowsEachChunksBlocks) {
+  const std::size_t block = 64, count = 2 * 3 * block + 50;
+  auto codec = make_codec("minmax_uint8", block);
+  for (int n : {1, 2, 3}) {
+    std::vector<float> data(count), variance(count, -1.0f);
+    for (std::size_t i = 0; i < count; ++i) data[i] = input(0, i) * static_cast<float>(1 + i / 40);
+    ASSERT_TRUE(compressed_average_rounding_variance(data.data(), count, n, *codec, variance.data()));
+    if (n == 1) {  // nothing is encoded
+      EXPECT_EQ(variance, std::vector<float>(count, 0.0f));
+      continue;
+    }
+    for (const Segment& chunk : partition(count, n)) {
+      for (std::size_t start = 0; start < chunk.count; start += block) {
+        const auto first = data.begin() + static_cast<std::ptrdiff_t>(chunk.offset + start);
+        const auto last = first + static_cast<std::ptrdiff_t>(std::min(block, chunk.count - start));
+        const double step = (static_cast<double>(*std::max_element(first, last)) - *std::min_element(first, last)) / 255;
+        const double expected = (1.0 + 1.0 / n) * step * step / 12;
+        for (auto i = first - data.begin(); i < last - data.begin(); ++i) {
+          ASSERT_NEAR(variance[i], expected, 1e-4 * expected) << "n=" << n << " i=" << i;
+        }
+      }
+    }
+  }
+  std::vector<float> data(10, 1.0f), variance(10);
+  EXPECT_FALSE(compressed_average_rounding_variance(data.data(), 10, 2, *make_codec("sign1bit"), variance.data()));
 }
 
 TEST(CompressedAllreduce, SubgroupAndSumAndBadArguments) {
