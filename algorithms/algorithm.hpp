@@ -48,6 +48,10 @@ struct BucketView {
   void* data = nullptr;
   std::size_t count = 0;
   DType dtype = DType::F32;
+  // Gradients only, for an algorithm that fills_companions(): count fp32
+  // values beside the bucket that the algorithm fills for its optimizer
+  // (qadam: the variance its exchange's rounding added to each value).
+  float* companion = nullptr;
 };
 
 struct BucketingOptions {
@@ -117,6 +121,10 @@ class Algorithm {
     return std::nullopt;
   }
   virtual void init_operations(const BucketView& /*bucket*/, StepContext& /*ctx*/) {}
+  // Whether it fills a companion beside each gradient bucket (BucketView)
+  // for its optimizer: the wrapper then allocates them and hands the
+  // optimizer each parameter's part.
+  virtual bool fills_companions() const { return false; }
 
   virtual void forward_pre_hook(StepContext& /*ctx*/) {}
   // Runs on a communication thread once every tensor of the gradient

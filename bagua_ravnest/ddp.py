@@ -194,6 +194,7 @@ class DistributedDataParallel(nn.Module):
         self._bucket_members: list[list[int]] = []
         self._weight_buckets: list[torch.Tensor] = []
         self._buffer_buckets: list[torch.Tensor] = []
+        self._optimizer = optimizer
         self._build_buckets()
         self._engine.start()
         self._hooks = [
@@ -303,7 +304,23 @@ class DistributedDataParallel(nn.Module):
                     self._views[i] = view
                 self._buckets.append(flat)
                 self._bucket_members.append(list(members))
-            self._engine.set_buckets("gradients", list(zip(self._buckets, self._bucket_members)), len(self._params))
+            companions = []
+            if self._engine.fills_companions:
+                # What the algorithm fills beside each bucket for its
+                # optimizer (qadam: the rounding its exchange added to each
+                # momentum); the optimizer reads each parameter's part.
+                companions = [torch.zeros(flat.numel(), dtype=torch.float32) for flat in self._buckets]
+                parts = {}
+                for companion, members in zip(companions, self._bucket_members):
+                    params = [self._params[i] for i in members]
+                    parts.update(zip(params, _views_of(companion, params)))
+                if not hasattr(self._optimizer, "bind_companions"):
+                    raise ValueError(f"algorithm {self.algorithm} leaves its optimizer what its exchange's rounding "
+                                     f"added beside each gradient; pass optimizer= of the class its entry names "
+                                     f"(bagua_ravnest.describe_algorithm)")
+                self._optimizer.bind_companions(parts)
+            self._engine.set_buckets("gradients", list(zip(self._buckets, self._bucket_members)), len(self._params),
+                                     companions)
         elif self._buckets:
             # The algorithm no longer wants gradients (a warm-up ended):
             # backward must not wait for their buckets any more.

@@ -99,6 +99,10 @@ class QAdamOptimizer(torch.optim.Optimizer):
         # tensor per step would cost page faults beside the backward pass of
         # the next step.
         self._buffers: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Per parameter, when the algorithm fills them (qadam with
+        # "recovered"): the variance that the exchange's rounding added to
+        # each averaged momentum this step (bind_companions).
+        self._rounding: dict[torch.Tensor, torch.Tensor] = {}
 
     def algorithm_spec(self, name: str = "qadam") -> str:
         """The spec of `name` (qadam or onebit_adam) that matches these hyperparameters."""
@@ -130,6 +134,13 @@ class QAdamOptimizer(torch.optim.Optimizer):
             raise ValueError(f"QAdamOptimizer: built with variance={self.variance!r}, but the algorithm runs "
                              f"{spec!r}")
         self._variance = rule
+
+    def bind_companions(self, parts: dict[torch.Tensor, torch.Tensor]) -> None:
+        """Called by DistributedDataParallel when it builds its buckets: for
+        each parameter, the part of its bucket's companion, where the
+        algorithm leaves the variance its exchange's rounding added to each
+        averaged momentum (the same on every rank)."""
+        self._rounding = dict(parts)
 
     def state_dict(self):
         out = super().state_dict()
@@ -215,6 +226,24 @@ class QAdamOptimizer(torch.optim.Optimizer):
             torch._foreach_add_(a, exp_avg, alpha=-beta1)
             torch._foreach_mul_(v, beta2)
             torch._foreach_addcmul_(v, a, a, value=(1 - beta2) / (1 - beta1) ** 2)
+            rounding = [self._rounding.get(p) for p in params]
+            if all(r is not None for r in rounding):
+                # a = (1 - beta1) g + e, e the exchange's rounding of m_t,
+                # whose variance r the algorithm knows: a^2 - r estimates
+                # (1 - beta1)^2 g^2 without bias. Squaring e as if it were
+                # signal inflated v where g is small beside its codec
+                # block's scale (e / (1 - beta1) is the rounding amplified
+                # ten times), and the steps came out short (docs/qadam.md).
+                # One step's estimate may be negative; their average, v, is
+                # kept at no less than (1 - beta1)^2 m_hat^2 (in v_hat's
+                # scale): v > 0 wherever m is not 0, so no step divides by
+                # eps alone, and no step exceeds lr / (1 - beta1) even
+                # without the update bound.
+                torch._foreach_add_(v, rounding, alpha=-(1 - beta2) / (1 - beta1) ** 2)
+                torch._foreach_copy_(b, m)
+                torch._foreach_mul_(b, m)
+                torch._foreach_mul_(b, (1 - beta2**t) * ((1 - beta1) / (1 - beta1**t)) ** 2)
+                torch._foreach_maximum_(v, b)
             torch._foreach_copy_(exp_avg, m)
         else:
             torch._foreach_mul_(v, beta2)

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -35,6 +36,14 @@ QAdam::QAdam(QAdamOptions options, int rank, int world_size)
     }
   }
   std::iota(everyone_.begin(), everyone_.end(), 0);
+  // Asking about one value tells whether the codec can say at all (minmax
+  // can; a sign codec's decoded values do not tell what it lost). With
+  // error feedback what one exchange loses returns in the next: that is
+  // not a rounding the optimizer could subtract.
+  const float probe = 0.0f;
+  float variance = 0.0f;
+  fills_companions_ = options_.variance == "recovered" && !options_.error_feedback &&
+                      codec_->rounding_variance(&probe, 1, &variance);
 }
 
 std::string QAdam::spec() const {
@@ -105,6 +114,7 @@ void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
   } else {
     compressed_allreduce(ctx.comm, everyone_, m.data(), b.count, *codec_, ReduceOp::Avg, ctx.tags[0]);
   }
+  if (fills_companions_ && b.companion) fill_companion(b, m.data());
   // The copy into the gradient checks what it copies on the way, so a
   // diverged or NaN-fed run stops here, with its step, instead of
   // compressing garbage from now on (a NaN block decodes to NaN everywhere).
@@ -120,6 +130,20 @@ void QAdam::on_bucket_ready(const BucketView& b, StepContext& ctx) {
     }
   }
   check_finite(finite, b, ctx);
+}
+
+void QAdam::fill_companion(const BucketView& b, const float* averaged) const {
+  float* out = b.companion;
+  if (!compressed_average_rounding_variance(averaged, b.count, static_cast<int>(everyone_.size()), *codec_, out)) {
+    // A non-finite block: the check after the copy stops the run.
+    std::fill(out, out + b.count, 0.0f);
+    return;
+  }
+  if (options_.precondition) {
+    // m / d went through the codec; m = (m / d) d carries d^2 its variance.
+    const float* d = denominators_.at(static_cast<std::size_t>(b.index)).data();
+    for (std::size_t k = 0; k < b.count; ++k) out[k] *= d[k] * d[k];
+  }
 }
 
 void QAdam::check_finite(bool finite, const BucketView& b, const StepContext& ctx) const {

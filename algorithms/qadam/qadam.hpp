@@ -40,6 +40,10 @@ class QAdam final : public Algorithm {
   void init_operations(const BucketView& bucket, StepContext& ctx) override;
   void on_bucket_ready(const BucketView& bucket, StepContext& ctx) override;
   bool buckets_may_overlap() const override { return true; }
+  // With variance=recovered and a codec that knows its rounding: the
+  // variance the exchange's rounding added to each averaged momentum, which
+  // the optimizer's recovered gradient would otherwise carry into v.
+  bool fills_companions() const override { return fills_companions_; }
   AlgorithmState state_dict() const override;
   void load_state_dict(const AlgorithmState& state) override;
 
@@ -52,6 +56,10 @@ class QAdam final : public Algorithm {
   Ring ring_;
   std::vector<int> everyone_;
   CodecPtr codec_;
+  bool fills_companions_ = false;
+  // The companion of an exchanged bucket: the rounding's variance of each
+  // averaged momentum (times d^2 with precondition, as the momentum is).
+  void fill_companion(const BucketView& b, const float* averaged) const;
   // Precondition, one pass each: m <- lerp(m, g) / d (0 where v is 0: the
   // optimizer never moves those coordinates), and back: m <- m * d, g <- m.
   void lerp_and_divide(std::size_t bucket, float* m, const float* g, std::size_t n, float weight);

@@ -396,19 +396,38 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "set_buckets",
           [](Engine& e, const std::string& role, const std::vector<std::pair<at::Tensor, std::vector<std::size_t>>>& buckets,
-             std::size_t num_tensors) {
+             std::size_t num_tensors, const std::vector<at::Tensor>& companions) {
+            if (!companions.empty() && companions.size() != buckets.size()) {
+              throw InvalidArgument("set_buckets: give one companion per bucket, or none");
+            }
             std::vector<BucketSpec> specs;
-            for (const auto& [t, members] : buckets) {
+            for (std::size_t b = 0; b < buckets.size(); ++b) {
+              const auto& [t, members] = buckets[b];
               if (!t.is_contiguous() || !t.device().is_cpu()) {
                 throw InvalidArgument("bucket buffers must be contiguous CPU tensors");
               }
-              // The job holds its own reference to the bucket tensor's storage.
-              specs.push_back({t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype_of(t), members,
-                               std::make_shared<at::Tensor>(t)});
+              // The job holds its own reference to the bucket tensor's storage (and its companion's).
+              std::vector<at::Tensor> held{t};
+              float* companion = nullptr;
+              if (!companions.empty()) {
+                const at::Tensor& c = companions[b];
+                if (!c.is_contiguous() || !c.device().is_cpu() || c.scalar_type() != at::kFloat ||
+                    c.numel() != t.numel()) {
+                  throw InvalidArgument("a bucket's companion must be a contiguous CPU fp32 tensor of its size");
+                }
+                companion = c.data_ptr<float>();
+                held.push_back(c);
+              }
+              BucketSpec spec{t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype_of(t), members,
+                              std::make_shared<std::vector<at::Tensor>>(std::move(held))};
+              spec.companion = companion;
+              specs.push_back(std::move(spec));
             }
             e.set_buckets(role_of(role), std::move(specs), num_tensors);
           },
-          py::arg("role"), py::arg("buckets"), py::arg("num_tensors"))
+          py::arg("role"), py::arg("buckets"), py::arg("num_tensors"), py::arg("companions") = std::vector<at::Tensor>{})
+      .def_property_readonly("fills_companions", &Engine::fills_companions,
+                             "Whether the algorithm fills a companion beside each gradient bucket for its optimizer.")
       .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
       .def("stop", &Engine::stop, py::call_guard<py::gil_scoped_release>())
       .def("need_reset", &Engine::need_reset)

@@ -15,7 +15,8 @@ namespace {
 std::vector<BucketView> views_of(BucketRole role, const std::vector<BucketSpec>& buckets) {
   std::vector<BucketView> out;
   for (std::size_t b = 0; b < buckets.size(); ++b) {
-    out.push_back({static_cast<int>(b), role, buckets[b].data, buckets[b].count, buckets[b].dtype});
+    out.push_back(
+        {static_cast<int>(b), role, buckets[b].data, buckets[b].count, buckets[b].dtype, buckets[b].companion});
   }
   return out;
 }

@@ -25,10 +25,11 @@ struct BucketSpec {
   std::size_t count = 0;
   DType dtype = DType::F32;
   std::vector<std::size_t> tensors;  // indices of the tensors laid out in it
-  // Keeps `data` alive while an operation on it runs: a job stuck past the
-  // engine's destruction still writes into valid memory. May be null when
-  // the caller guarantees the lifetime (tests).
+  // Keeps `data` (and `companion`) alive while an operation on it runs: a
+  // job stuck past the engine's destruction still writes into valid memory.
+  // May be null when the caller guarantees the lifetime (tests).
   std::shared_ptr<void> owner;
+  float* companion = nullptr;  // count fp32 values, or null (BucketView)
 };
 
 class Engine {
@@ -83,6 +84,7 @@ class Engine {
   // One of the algorithm's named controls; an unknown name lists them.
   void control(const std::string& name);
   std::vector<std::string> controls() const { return algorithm_->controls(); }
+  bool fills_companions() const { return algorithm_->fills_companions(); }
 
   std::uint64_t step() const { return step_; }
   void set_step(std::uint64_t step) { step_ = step; }
