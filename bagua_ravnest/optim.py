@@ -15,7 +15,10 @@ sending anything more:
 - ``"recovered"`` (qadam's default): v keeps learning, as Adam's does, from
   the averaged gradient that two consecutive averaged momenta give back:
   g = (m_t - beta1 * m_{t-1}) / (1 - beta1). With an exact exchange this
-  is torch.optim.Adam, step for step, up to rounding.
+  is torch.optim.Adam, step for step, up to rounding. Where the algorithm
+  knows the variance its codec's rounding added to m_t (qadam's 8-bit
+  codes; bind_companions), g^2 is learned less that variance, amplified as
+  g amplifies the rounding.
 - ``"momentum"`` (onebit_adam's default): v keeps learning from the square
   of the averaged (bias-corrected) momentum. A sign codec sends each value
   as its block's scale, so the difference of two of its momenta is mostly
