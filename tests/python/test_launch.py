@@ -60,3 +60,32 @@ def test_workers_that_die_at_start_are_reported_even_with_large_arguments():
     assert done, "run_world hung on workers that died at start"
     assert [r.error_type for r in done[0]] == ["died", "died"]
     assert values(run_world(_returns_size, 2, blob, backend="gloo")) == [len(blob)] * 2
+
+
+def _parent_and_probe(rank, world):
+    return os.getppid(), os.environ.get("BAGUA_LAUNCH_PROBE"), os.environ.get("BAGUA_LAUNCH_GIVEN")
+
+
+def test_forked_workers_see_the_callers_environment_as_it_is_now(monkeypatch):
+    # Workers fork from a server that imported torch once; the server keeps
+    # the environment it started with, so each worker must take the
+    # caller's current one, and the server must never see run_world's env.
+    monkeypatch.delenv("BAGUA_LAUNCH_PROBE", raising=False)
+    first = values(run_world(_parent_and_probe, 2, backend="gloo", env={"BAGUA_LAUNCH_GIVEN": "a"}))
+    assert all(ppid != os.getpid() for ppid, _, _ in first), "workers come from the fork server"
+    assert [w[1:] for w in first] == [(None, "a")] * 2
+    monkeypatch.setenv("BAGUA_LAUNCH_PROBE", "set later")
+    second = values(run_world(_parent_and_probe, 2, backend="gloo"))
+    assert [w[1:] for w in second] == [("set later", None)] * 2, "a variable set after the server started"
+    assert {w[0] for w in second} == {w[0] for w in first}, "the same server serves both worlds"
+    assert "BAGUA_LAUNCH_GIVEN" not in os.environ
+
+
+def test_variables_read_at_process_start_get_spawned_workers():
+    for env in ({"MALLOC_ARENA_MAX": "2"}, {"OMP_NUM_THREADS": "1"}, {"ATEN_CPU_CAPABILITY": "default"}):
+        out = values(run_world(_parent_and_probe, 2, backend="gloo", env=env))
+        assert all(ppid == os.getpid() for ppid, _, _ in out), env
+    forced = values(run_world(_parent_and_probe, 2, backend="gloo", start_method="spawn"))
+    assert all(ppid == os.getpid() for ppid, _, _ in forced)
+    with pytest.raises(ValueError, match="start_method must be 'forkserver' or 'spawn'"):
+        run_world(_parent_and_probe, 2, backend="gloo", start_method="fork")
