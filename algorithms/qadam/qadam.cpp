@@ -36,14 +36,11 @@ QAdam::QAdam(QAdamOptions options, int rank, int world_size)
     }
   }
   std::iota(everyone_.begin(), everyone_.end(), 0);
-  // Asking about one value tells whether the codec can say at all (minmax
-  // can; a sign codec's decoded values do not tell what it lost). With
-  // error feedback what one exchange loses returns in the next: that is
-  // not a rounding the optimizer could subtract.
-  const float probe = 0.0f;
-  float variance = 0.0f;
-  fills_companions_ = options_.variance == "recovered" && !options_.error_feedback &&
-                      codec_->rounding_variance(&probe, 1, &variance);
+  // A sign codec's decoded values do not tell what it lost; minmax's do.
+  // With error feedback what one exchange loses returns in the next: that
+  // is not a rounding the optimizer could subtract.
+  fills_companions_ =
+      options_.variance == "recovered" && !options_.error_feedback && codec_->knows_rounding_variance();
 }
 
 std::string QAdam::spec() const {

@@ -50,6 +50,9 @@ class Codec {
   // what it receives (qadam's variance) subtracts it: the rounding is
   // otherwise learned as if it were signal.
   virtual bool rounding_variance(const float* decoded, std::size_t count, float* out) const;
+  // Whether rounding_variance can answer for some finite values; false
+  // means it never does. Lets a caller decide once, at construction.
+  virtual bool knows_rounding_variance() const { return false; }
 
   // The first check of every decoder (CPU or CUDA): ProtocolError unless the
   // size is exact.

@@ -17,6 +17,7 @@ class MinMaxUint8Codec final : public BlockCodec {
   explicit MinMaxUint8Codec(std::size_t block_elems = 0, kernels::Isa isa = kernels::best_isa())
       : BlockCodec(block_elems, isa) {}
   std::string name() const override { return "minmax_uint8"; }
+  bool knows_rounding_variance() const override { return true; }
 
  private:
   std::size_t payload_bytes(std::size_t n) const override { return n; }

@@ -96,6 +96,23 @@ TEST(MinMaxUint8, RoundingVarianceIsOneTwelfthOfTheSquaredStepPerBlock) {
   EXPECT_FALSE(make_codec("fp16")->rounding_variance(out.data(), n, variance.data()));
 }
 
+// knows_rounding_variance is what rounding_variance does on finite values,
+// asked once: every codec by name, every block size.
+TEST(Codec, KnowsRoundingVarianceExactlyWhenItAnswers) {
+  const std::size_t n = 1000;
+  const auto v = random_values(n, 9);
+  for (const std::string& name : codec_names()) {
+    for (std::size_t block : {std::size_t{0}, std::size_t{64}}) {
+      auto codec = make_codec(name, block);
+      const auto out = decode(*codec, encode(*codec, v), n);
+      std::vector<float> variance(n);
+      EXPECT_EQ(codec->knows_rounding_variance(), codec->rounding_variance(out.data(), n, variance.data()))
+          << name << " block " << block;
+      EXPECT_EQ(codec->knows_rounding_variance(), name == "minmax_uint8") << name;
+    }
+  }
+}
+
 TEST(MinMaxUint8, ConstantBlocksAreExactAndHalfInputsWork) {
   auto codec = make_codec("minmax_uint8", 64);
   std::vector<float> v(200, -3.25f);
