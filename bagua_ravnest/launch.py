@@ -35,9 +35,11 @@ _PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "torch.nn.parallel", 
 
 # Prefixes of variables read as a process (or torch, which the fork server
 # has already imported) starts: glibc's allocator tunables, the loader,
-# OpenMP/MKL, torch's kernel selection, the interpreter's own. Given any of
-# them, workers are spawned so that they take effect.
-_START_TIME_VARIABLES = ("MALLOC_", "GLIBC_TUNABLES", "LD_", "OMP_", "MKL_", "KMP_", "ATEN_", "PYTHON")
+# OpenMP/MKL, torch's kernel selection and logging, CUDA's, the
+# interpreter's own. Given any of them, workers are spawned so that they
+# take effect (some of torch's are read later; spawning is never wrong).
+_START_TIME_VARIABLES = ("MALLOC_", "GLIBC_TUNABLES", "LD_", "OMP_", "GOMP_", "MKL_", "KMP_", "ATEN_", "TORCH_",
+                         "CUDA_", "PYTHON")
 
 
 def _start_method(env: dict[str, str], requested: str | None) -> str:

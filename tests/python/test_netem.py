@@ -113,9 +113,13 @@ def test_bad_rates_are_explained():
 
 def test_train_on_two_shaped_namespaces(tmp_path):
     out = tmp_path / "train.json"
+    # glibc's own malloc settings: no variable read at process start, so the
+    # ranks are forked from run_world's fork server and enter their
+    # namespaces from there (the quick bench below covers spawned ranks).
     proc = subprocess.run([sys.executable, "benchmarks/train.py", "--world-size", "2", "--model", "mlp",
                            "--algorithms", "ddp,ddp_fp16,gradient_allreduce", "--steps", "6", "--warmup-steps", "2",
-                           "--rounds", "2", "--bandwidth-mbit", "200", "--quiet", "--json", str(out)],
+                           "--rounds", "2", "--bandwidth-mbit", "200", "--malloc", "system", "--quiet",
+                           "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["algorithm"]: r for r in json.loads(out.read_text())["rows"]}
