@@ -89,7 +89,14 @@ class DistributedDataParallel(nn.Module):
     Args (as torch DDP unless noted):
         module: the model; its parameters must be on the CPU.
         device_ids, output_device, dim: accepted for compatibility; CPU only.
-        broadcast_buffers: broadcast buffers from rank 0 before each forward.
+        broadcast_buffers: True: broadcast buffers from rank 0 before each
+            forward (torch DDP's default). False: never. None (the default):
+            True while the algorithm averages gradients, so that every
+            replica is the same model; False while it moves the weights
+            itself (decentralized, low_precision_decentralized, local_sgd,
+            async_model_average), whose replicas differ between exchanges by
+            design: there buffers stay rank-local (local_sgd averages them
+            with the weights), and no forward waits for rank 0.
         process_group: a group of backend "bagua" or "gloo"; default WORLD.
         bucket_cap_mb: bucket size cap in MiB (the first bucket closes at
             min(1 MiB, bucket_cap_mb) so communication starts early).
@@ -112,7 +119,7 @@ class DistributedDataParallel(nn.Module):
         device_ids=None,
         output_device=None,
         dim: int = 0,
-        broadcast_buffers: bool = True,
+        broadcast_buffers: bool | None = None,
         process_group=None,
         bucket_cap_mb: float | None = 25,
         find_unused_parameters: bool = False,
@@ -134,7 +141,11 @@ class DistributedDataParallel(nn.Module):
         self.device_ids = device_ids
         self.output_device = output_device
         self.dim = dim
+        if broadcast_buffers not in (None, True, False):
+            raise TypeError(f"broadcast_buffers must be True, False or None (the algorithm's choice), "
+                            f"got {broadcast_buffers!r}")
         self.broadcast_buffers = broadcast_buffers
+        self._buffers_each_forward = bool(broadcast_buffers)  # set again with the buckets
         self.find_unused_parameters = find_unused_parameters
         self.gradient_as_bucket_view = True
         self.static_graph = static_graph
@@ -292,6 +303,12 @@ class DistributedDataParallel(nn.Module):
         .grad a view into its bucket) and weights (each parameter's data a
         view into its bucket), planned by the algorithm or by DDP's rule."""
         roles = self._engine.bucket_roles()
+        # A per-forward broadcast makes every rank wait for rank 0 and, on a
+        # busy link, for the algorithm's own traffic queued ahead of it: an
+        # algorithm that moves weights rank by rank would lose the point of
+        # not waiting, and its replicas' buffers belong to their own weights.
+        self._buffers_each_forward = (self.broadcast_buffers if self.broadcast_buffers is not None
+                                      else "weights" not in roles)
         first = min(_FIRST_BUCKET_MB, self.bucket_cap_mb)
         tensors = [p.detach() for p in self._params]
         self._grad_role = "gradients" in roles
@@ -384,7 +401,7 @@ class DistributedDataParallel(nn.Module):
     def forward(self, *inputs, **kwargs):
         if self._failed:
             raise RuntimeError(f"DistributedDataParallel failed in an earlier iteration: {self._failed}")
-        if self.broadcast_buffers and self._world > 1:
+        if self._buffers_each_forward and self._world > 1:
             buffers = list(self.module.buffers())
             if buffers:
                 self._broadcast_flat(buffers)
