@@ -24,8 +24,9 @@ AsyncModelAverage::AsyncModelAverage(AsyncModelAverageOptions options, int world
 AsyncModelAverage::~AsyncModelAverage() = default;
 
 std::string AsyncModelAverage::spec() const {
-  return fmt::format("async_model_average:peer_selection_mode={},sync_interval_ms={},warmup_steps={}",
-                     peer_mode_name(options_.mode), options_.sync_interval_ms, options_.warmup_steps);
+  return fmt::format("async_model_average:max_lag={},peer_selection_mode={},sync_interval_ms={},warmup_steps={}",
+                     options_.max_lag, peer_mode_name(options_.mode), options_.sync_interval_ms,
+                     options_.warmup_steps);
 }
 
 std::vector<BucketRole> AsyncModelAverage::bucket_roles() const {
@@ -57,10 +58,13 @@ void AsyncModelAverage::stop(std::chrono::milliseconds deadline) {
   if (averager_) averager_->stop(deadline);
 }
 
-void AsyncModelAverage::forward_pre_hook(StepContext& /*ctx*/) {
+void AsyncModelAverage::forward_pre_hook(StepContext& ctx) {
   if (!averaging_ || !averager_) return;
   // A failed round is reported here or at the step, never swallowed.
   averager_->rethrow_failure();
+  averager_->set_training_step(ctx.step);
+  // Before the hold: the round it waits for must be free to land.
+  if (options_.max_lag > 0) averager_->wait_for_lag(ctx.step, options_.max_lag, timeout_);
   averager_->lock().hold_for_training(timeout_);
   if (!averager_->begun()) averager_->begin(weights_);
 }
@@ -69,8 +73,10 @@ void AsyncModelAverage::on_bucket_ready(const BucketView& bucket, StepContext& c
   warmup_.on_bucket_ready(bucket, ctx);
 }
 
-void AsyncModelAverage::post_optimizer_step_hook(StepContext& /*ctx*/) {
+void AsyncModelAverage::post_optimizer_step_hook(StepContext& ctx) {
   if (!averager_) return;
+  // Before the release: a round's snapshot then sees this step counted.
+  averager_->set_training_step(ctx.step + 1);
   averager_->lock().release_training();
   averager_->rethrow_failure();
 }
@@ -129,12 +135,15 @@ void register_async_model_average(AlgorithmRegistry& registry) {
           {{"sync_interval_ms", "milliseconds from the start of one background round to the next (default 500)"},
            {"warmup_steps", "steps of gradient_allreduce before the background averaging starts (default 0)"},
            {"peer_selection_mode", "all (default: the mean of every rank), shift_one (one partner per round, even "
-                                   "world size) or ring (both neighbours, weight 1/3 each)"}},
+                                   "world size) or ring (both neighbours, weight 1/3 each)"},
+           {"max_lag", "bounded staleness: a forward waits while the weights were last averaged from a snapshot "
+                       "more than N optimizer steps old (default 0: never waits)"}},
           [](const AlgorithmOptions& o, const WorldInfo& world) -> std::unique_ptr<Algorithm> {
             AsyncModelAverageOptions opts;
             opts.sync_interval_ms = option_count(o, "sync_interval_ms", opts.sync_interval_ms, /*minimum=*/0);
             opts.warmup_steps = option_count(o, "warmup_steps", opts.warmup_steps, /*minimum=*/0);
             opts.mode = peer_mode_from_name(option_choice(o, "peer_selection_mode", peer_mode_names(), "all"));
+            opts.max_lag = option_count(o, "max_lag", opts.max_lag, /*minimum=*/0);
             return std::make_unique<AsyncModelAverage>(opts, world.size);
           },
           /*optimizer=*/"", /*needs_optimizer=*/true});

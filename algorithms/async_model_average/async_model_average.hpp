@@ -3,7 +3,9 @@
 // averages a snapshot of the weights with peers (all, shift_one or ring)
 // every `sync_interval_ms` and moves the weights by (average - snapshot)
 // under the model lock, which training holds from the forward pre-hook to
-// the end of the optimizer step. abort/resume are named controls.
+// the end of the optimizer step. abort/resume are named controls. With
+// max_lag, a rank that ran that many steps past its last average waits for
+// the next one (stale-synchronous); by default it never waits.
 #pragma once
 
 #include <chrono>
@@ -21,6 +23,9 @@ struct AsyncModelAverageOptions {
   std::uint64_t sync_interval_ms = 500;
   std::uint64_t warmup_steps = 0;
   PeerMode mode = PeerMode::All;
+  // Bounded staleness: a forward waits while the weights were last averaged
+  // from a snapshot more than max_lag steps old. 0: never waits.
+  std::uint64_t max_lag = 0;
 };
 
 class AsyncModelAverage final : public Algorithm {

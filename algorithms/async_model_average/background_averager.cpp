@@ -102,6 +102,11 @@ struct BackgroundAverager::State {
   bool exited = false;
   std::string failure;
   std::atomic<std::uint64_t> generation{0};  // of the weights' contents
+  // Training's completed steps, and those at the snapshot of the last
+  // average that landed (or of the weights' start: begin, a load).
+  std::atomic<std::uint64_t> training_step{0};
+  std::uint64_t averaged_at = 0;
+  bool restart_lag = false;
 
   // Touched by the thread only (and kept alive by it: receives that a dead
   // peer never completed may still name them).
@@ -181,8 +186,10 @@ void BackgroundAverager::State::run() {
 
 bool BackgroundAverager::State::average_once(std::uint64_t round_number, const TagBlock& round_tags) {
   std::uint64_t taken_at = 0;
+  std::uint64_t snapshot_step = 0;
   const bool took = lock.run_exclusive([&] {
     taken_at = generation.load();
+    snapshot_step = training_step.load();
     for (std::size_t b = 0; b < weights.size(); ++b) to_float(weights[b], snapshot[b].data());
   });
   if (!took) return false;
@@ -194,12 +201,20 @@ bool BackgroundAverager::State::average_once(std::uint64_t round_number, const T
     const float* snap = snapshot[b].data();
     for (std::size_t k = 0; k < n; ++k) delta[k] -= snap[k];
   }
-  return lock.run_exclusive([&] {
+  bool landed = false;
+  const bool alive = lock.run_exclusive([&] {
     // A checkpoint loaded since the snapshot: its weights are not the ones
     // this difference was taken from.
     if (generation.load() != taken_at) return;
     for (std::size_t b = 0; b < weights.size(); ++b) add_into(weights[b], average[b].data());
+    landed = true;
   });
+  if (landed) {
+    std::lock_guard lk(mu);
+    averaged_at = std::max(averaged_at, snapshot_step);
+    cv.notify_all();
+  }
+  return alive;
 }
 
 BackgroundAverager::BackgroundAverager(ThreadContext ctx, AveragerConfig config)
@@ -242,6 +257,7 @@ void BackgroundAverager::begin(const std::vector<BucketView>& weights) {
     s.average[b].assign(weights[b].count, 0.0f);
     if (s.config.mode == PeerMode::Ring) s.scratch[b].assign(weights[b].count, 0.0f);
   }
+  s.averaged_at = s.training_step.load();  // every rank starts from the same weights
   s.begun = true;
   s.cv.notify_all();
 }
@@ -302,6 +318,32 @@ void BackgroundAverager::rethrow_failure() const {
   if (!state_->failure.empty()) throw Error(state_->failure);
 }
 
+void BackgroundAverager::set_training_step(std::uint64_t step) {
+  std::lock_guard lk(state_->mu);
+  state_->training_step = step;
+  if (state_->restart_lag) {
+    state_->averaged_at = step;
+    state_->restart_lag = false;
+  }
+}
+
+void BackgroundAverager::wait_for_lag(std::uint64_t step, std::uint64_t max_lag, std::chrono::milliseconds timeout) {
+  State& s = *state_;
+  std::unique_lock lk(s.mu);
+  // Paused (or about to be), no round averages: waiting would never end.
+  const auto free = [&] {
+    return !s.begun || s.exited || s.paused || s.want_pause || !s.failure.empty() || step <= s.averaged_at + max_lag;
+  };
+  const bool done = s.cv.wait_for(lk, timeout, free);
+  if (!s.failure.empty()) throw Error(s.failure);
+  if (!done) {
+    throw TimeoutError(fmt::format(
+        "rank {}: async_model_average:max_lag={}: at step {} the weights were last averaged from step {}'s, and no "
+        "round (now round {}) averaged them within {} ms; a peer is slow or gone",
+        s.comm->rank(), max_lag, step, s.averaged_at, s.round, timeout.count()));
+  }
+}
+
 std::uint64_t BackgroundAverager::round() const {
   std::lock_guard lk(state_->mu);
   return state_->round;
@@ -312,6 +354,12 @@ void BackgroundAverager::set_round(std::uint64_t round) {
   state_->round = round;
 }
 
-void BackgroundAverager::weights_replaced() { ++state_->generation; }
+void BackgroundAverager::weights_replaced() {
+  ++state_->generation;
+  // Loaded weights count as just averaged: the lag starts again from them,
+  // at the step the checkpoint brings (told with the next step).
+  std::lock_guard lk(state_->mu);
+  state_->restart_lag = true;
+}
 
 }  // namespace bagua

@@ -54,6 +54,16 @@ class BackgroundAverager {
   // Throws the error that ended the thread, naming the round, if any.
   void rethrow_failure() const;
 
+  // Training's step count (optimizer steps completed), told after each
+  // step: a round's snapshot remembers it.
+  void set_training_step(std::uint64_t step);
+  // Bounded staleness: returns once the last round whose average landed in
+  // the weights took its snapshot at most `max_lag` steps before `step`
+  // (at once while paused, before begin, or once the thread has ended).
+  // Throws the thread's failure, or a TimeoutError naming the round after
+  // `timeout`.
+  void wait_for_lag(std::uint64_t step, std::uint64_t max_lag, std::chrono::milliseconds timeout);
+
   // Rounds completed (equal on every rank once a round has agreed on it).
   std::uint64_t round() const;
   // From a checkpoint: ranks adopt the largest at the next round.

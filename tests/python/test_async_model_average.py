@@ -91,8 +91,8 @@ def test_no_update_is_lost_beside_a_slow_optimizer_step(world, mode):
     assert len({rounds for _, rounds, _ in results}) == 1  # the same rounds on every rank
 
 
-def _abort_and_resume(rank, world):
-    ddp, opt = _wrapped(rank)
+def _abort_and_resume(rank, world, options="sync_interval_ms=0"):
+    ddp, opt = _wrapped(rank, options)
     assert ddp.algorithm_controls == ["abort", "resume"]
     data = list(batches(rank, 30))
     for x, y in data[:10]:
@@ -116,8 +116,11 @@ def _abort_and_resume(rank, world):
     return alone, round_aborted.tolist()
 
 
-def test_abort_stops_averaging_on_every_rank_and_resume_restarts_it():
-    results = values(run_world(_abort_and_resume, 2, timeout=180))
+# With max_lag, steps taken while aborted must not wait for rounds that
+# are not coming (they would time out after 60 s).
+@pytest.mark.parametrize("options", ["sync_interval_ms=0", "max_lag=1,sync_interval_ms=300"])
+def test_abort_stops_averaging_on_every_rank_and_resume_restarts_it(options):
+    results = values(run_world(_abort_and_resume, 2, options, timeout=180))
     for alone, _ in results:
         assert alone < 1e-6, alone  # float rounding of the recorded steps only
     assert results[0][1] == results[1][1]  # aborted at the same round
@@ -185,8 +188,19 @@ def test_warmup_is_gradient_allreduce():
         assert worst < 1e-6, worst
 
 
-def _dies(rank, world):
-    ddp, opt = _wrapped(rank, timeout=3, pause=0.001)
+def test_max_lag_bounds_the_steps_between_averages():
+    # Rounds start 300 ms apart while a step takes a few ms: unbounded, 12
+    # steps would see one round. With max_lag=2, the forward of step t
+    # waits until weights averaged from step t - 2 or later have landed, so
+    # at least one round lands per 3 steps, and no update is lost to it.
+    results = values(run_world(_sum_is_kept, 2, "max_lag=2,sync_interval_ms=300", 12, 0.0, timeout=180))
+    for residual, rounds, _ in results:
+        assert rounds >= (12 - 1) // 3, rounds
+        assert residual < 1e-4, residual
+
+
+def _dies(rank, world, options="sync_interval_ms=0"):
+    ddp, opt = _wrapped(rank, options, timeout=3, pause=0.001)
     give_up = time.monotonic() + 60
     step = 0
     for x, y in batches(rank, 100000):
@@ -209,6 +223,20 @@ def test_a_dead_peer_is_an_error_naming_it_and_the_round():
     assert results[0].ok, results[0]
     error, close_s = results[0].value
     assert "async_model_average: background round" in error and "rank 1" in error, error
+    assert close_s < 10
+
+
+def test_a_dead_peer_ends_a_max_lag_wait_in_an_error():
+    # Rank 0's forward waits for a round that rank 1 never joins: the round
+    # fails (or the wait times out), and the forward raises, never hangs.
+    results = run_world(_dies, 2, "max_lag=1,sync_interval_ms=100", timeout=120,
+                        env={"HARNESS_SKIP_DESTROY": "1"})
+    assert results[1].error_type == "died"
+    assert results[0].ok, results[0]
+    error, close_s = results[0].value
+    named = "async_model_average: background round" in error and "rank 1" in error
+    timed_out = "async_model_average:max_lag=1" in error and "a peer is slow or gone" in error
+    assert named or timed_out, error
     assert close_s < 10
 
 

@@ -36,7 +36,7 @@ def _trains(rank, world, spec):
     ("codec=minmax_uint8,exchange=decentralized:ring,schedule=every:4", "low_precision_decentralized:"),
     ("codec=identity,exchange=decentralized:shift_one,schedule=every:2", "decentralized:communication_interval=2"),
     ("codec=sign1bit,exchange=allreduce,schedule=every:3", "local_sgd:codec=sign1bit"),
-    ("codec=identity,exchange=decentralized:ring,schedule=async:0", "async_model_average:peer_selection_mode=ring"),
+    ("codec=identity,exchange=decentralized:ring,schedule=async:0", "async_model_average:max_lag=0,peer_selection_mode=ring"),
 ])
 def test_composed_specs_train(spec, builds):
     for canonical, before, after in values(run_world(_trains, 4, spec, timeout=180)):

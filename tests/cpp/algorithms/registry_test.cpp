@@ -130,9 +130,9 @@ TEST(Registry, ComposedWeightsSchedulesAndExchanges) {
   EXPECT_EQ(spec("codec=sign1bit,schedule=every:4"),
             "local_sgd:codec=sign1bit,nesterov=false,outer_lr=1,outer_momentum=0,overlap=false,period=4");
   EXPECT_EQ(spec("codec=identity,exchange=decentralized:ring,schedule=async:200"),
-            "async_model_average:peer_selection_mode=ring,sync_interval_ms=200,warmup_steps=0");
+            "async_model_average:max_lag=0,peer_selection_mode=ring,sync_interval_ms=200,warmup_steps=0");
   EXPECT_EQ(spec("codec=identity,schedule=async:0"),
-            "async_model_average:peer_selection_mode=all,sync_interval_ms=0,warmup_steps=0");
+            "async_model_average:max_lag=0,peer_selection_mode=all,sync_interval_ms=0,warmup_steps=0");
 
   // Each meaningless combination says why and lists what is valid.
   auto message = [&](const std::string& text, const WorldInfo& w) {
