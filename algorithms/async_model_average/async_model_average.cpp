@@ -63,8 +63,12 @@ void AsyncModelAverage::forward_pre_hook(StepContext& ctx) {
   // A failed round is reported here or at the step, never swallowed.
   averager_->rethrow_failure();
   averager_->set_training_step(ctx.step);
-  // Before the hold: the round it waits for must be free to land.
-  if (options_.max_lag > 0) averager_->wait_for_lag(ctx.step, options_.max_lag, timeout_);
+  // Before the hold: the round it waits for must be free to land. A second
+  // forward of the same step (accumulation) already holds it, and the first
+  // one's wait covered this step.
+  if (options_.max_lag > 0 && !averager_->lock().training_holds()) {
+    averager_->wait_for_lag(ctx.step, options_.max_lag, timeout_);
+  }
   averager_->lock().hold_for_training(timeout_);
   if (!averager_->begun()) averager_->begin(weights_);
 }

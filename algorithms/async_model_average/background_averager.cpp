@@ -9,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <string>
 
 #include "collectives/peer_average.hpp"
@@ -120,7 +121,9 @@ struct BackgroundAverager::State {
 
   void run();
   // One averaging of the weights; false when the weights were abandoned.
-  bool average_once(std::uint64_t round, const TagBlock& tags);
+  // `landed_from`: the training step of the snapshot whose average moved
+  // the weights (none when a loaded checkpoint had replaced them).
+  bool average_once(std::uint64_t round, const TagBlock& tags, std::optional<std::uint64_t>& landed_from);
 };
 
 void BackgroundAverager::State::run() {
@@ -171,9 +174,12 @@ void BackgroundAverager::State::run() {
         continue;
       }
       next = started + config.interval;
-      if (!average_once(current, round_tags)) break;
+      std::optional<std::uint64_t> landed_from;
+      if (!average_once(current, round_tags, landed_from)) break;
       std::lock_guard lk(mu);
       round = current + 1;
+      if (landed_from) averaged_at = std::max(averaged_at, *landed_from);
+      cv.notify_all();
     }
   } catch (const std::exception& e) {
     std::lock_guard lk(mu);
@@ -184,7 +190,8 @@ void BackgroundAverager::State::run() {
   cv.notify_all();
 }
 
-bool BackgroundAverager::State::average_once(std::uint64_t round_number, const TagBlock& round_tags) {
+bool BackgroundAverager::State::average_once(std::uint64_t round_number, const TagBlock& round_tags,
+                                             std::optional<std::uint64_t>& landed_from) {
   std::uint64_t taken_at = 0;
   std::uint64_t snapshot_step = 0;
   const bool took = lock.run_exclusive([&] {
@@ -201,20 +208,13 @@ bool BackgroundAverager::State::average_once(std::uint64_t round_number, const T
     const float* snap = snapshot[b].data();
     for (std::size_t k = 0; k < n; ++k) delta[k] -= snap[k];
   }
-  bool landed = false;
-  const bool alive = lock.run_exclusive([&] {
+  return lock.run_exclusive([&] {
     // A checkpoint loaded since the snapshot: its weights are not the ones
     // this difference was taken from.
     if (generation.load() != taken_at) return;
     for (std::size_t b = 0; b < weights.size(); ++b) add_into(weights[b], average[b].data());
-    landed = true;
+    landed_from = snapshot_step;
   });
-  if (landed) {
-    std::lock_guard lk(mu);
-    averaged_at = std::max(averaged_at, snapshot_step);
-    cv.notify_all();
-  }
-  return alive;
 }
 
 BackgroundAverager::BackgroundAverager(ThreadContext ctx, AveragerConfig config)
@@ -332,7 +332,8 @@ void BackgroundAverager::wait_for_lag(std::uint64_t step, std::uint64_t max_lag,
   std::unique_lock lk(s.mu);
   // Paused (or about to be), no round averages: waiting would never end.
   const auto free = [&] {
-    return !s.begun || s.exited || s.paused || s.want_pause || !s.failure.empty() || step <= s.averaged_at + max_lag;
+    return !s.begun || s.exited || s.want_stop || s.paused || s.want_pause || !s.failure.empty() ||
+           step <= s.averaged_at + max_lag;
   };
   const bool done = s.cv.wait_for(lk, timeout, free);
   if (!s.failure.empty()) throw Error(s.failure);
@@ -342,6 +343,11 @@ void BackgroundAverager::wait_for_lag(std::uint64_t step, std::uint64_t max_lag,
         "round (now round {}) averaged them within {} ms; a peer is slow or gone",
         s.comm->rank(), max_lag, step, s.averaged_at, s.round, timeout.count()));
   }
+}
+
+std::uint64_t BackgroundAverager::averaged_from() const {
+  std::lock_guard lk(state_->mu);
+  return state_->averaged_at;
 }
 
 std::uint64_t BackgroundAverager::round() const {

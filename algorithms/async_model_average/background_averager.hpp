@@ -63,6 +63,8 @@ class BackgroundAverager {
   // Throws the thread's failure, or a TimeoutError naming the round after
   // `timeout`.
   void wait_for_lag(std::uint64_t step, std::uint64_t max_lag, std::chrono::milliseconds timeout);
+  // The step whose snapshot the last average that landed was taken from.
+  std::uint64_t averaged_from() const;
 
   // Rounds completed (equal on every rank once a round has agreed on it).
   std::uint64_t round() const;

@@ -132,6 +132,51 @@ TEST(BackgroundAverager, NoUpdateIsLostBesideATrainingLoop) {
   }
 }
 
+TEST(BackgroundAverager, MaxLagWaitsForAnAverageFromARecentSnapshot) {
+  // Rounds start 100 ms apart while a "step" takes nothing: each wait must
+  // end with weights averaged from at most 2 steps before. Aborted, nothing
+  // waits; with no round coming, the wait is a TimeoutError that says so.
+  const int n = 2;
+  auto world = LoopbackWorld::create(n);
+  std::vector<std::vector<float>> w(n, std::vector<float>(kCount, 1.0f));
+  std::vector<std::string> errors(n);
+  on_ranks(n, [&](int rank) {
+    BackgroundAverager avg(context_of(world, rank, 10s), AveragerConfig{PeerMode::All, 100ms, n});
+    avg.set_training_step(0);
+    avg.begin({view_of(w[rank])});
+    for (std::uint64_t step = 0; step < 9; ++step) {
+      avg.wait_for_lag(step, 2, 10s);  // the forward pre-hook
+      EXPECT_LE(step, avg.averaged_from() + 2) << "rank " << rank;
+      avg.lock().hold_for_training(10s);
+      avg.set_training_step(step + 1);  // the optimizer step
+      avg.lock().release_training();
+    }
+    EXPECT_GE(avg.round(), 2u);
+    avg.set_paused(true, 10s);
+    EXPECT_NO_THROW(avg.wait_for_lag(1000, 1, 1s));
+    avg.stop(10s);
+    avg.rethrow_failure();
+  });
+  auto quiet = LoopbackWorld::create(n);
+  on_ranks(n, [&](int rank) {
+    BackgroundAverager avg(context_of(quiet, rank, 10s), AveragerConfig{PeerMode::All, 60s, n});
+    avg.set_training_step(0);
+    avg.begin({view_of(w[rank])});
+    wait_until([&] { return avg.round() >= 1; });  // the first round, from step 0
+    avg.set_training_step(10);
+    try {
+      avg.wait_for_lag(10, 2, 200ms);
+    } catch (const TimeoutError& e) {
+      errors[rank] = e.what();
+    }
+    avg.stop(10s);
+  });
+  for (int r = 0; r < n; ++r) {
+    EXPECT_NE(errors[r].find("max_lag=2: at step 10 the weights were last averaged from step 0"), std::string::npos)
+        << errors[r];
+  }
+}
+
 TEST(BackgroundAverager, Bfloat16WeightsMoveTowardsTheMean) {
   const int n = 2;
   auto world = LoopbackWorld::create(n);
