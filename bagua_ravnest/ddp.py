@@ -145,7 +145,7 @@ class DistributedDataParallel(nn.Module):
             raise TypeError(f"broadcast_buffers must be True, False or None (the algorithm's choice), "
                             f"got {broadcast_buffers!r}")
         self.broadcast_buffers = broadcast_buffers
-        self._buffers_each_forward = bool(broadcast_buffers)  # set again with the buckets
+        self._moves_weights = False  # set with the buckets
         self.find_unused_parameters = find_unused_parameters
         self.gradient_as_bucket_view = True
         self.static_graph = static_graph
@@ -303,12 +303,7 @@ class DistributedDataParallel(nn.Module):
         .grad a view into its bucket) and weights (each parameter's data a
         view into its bucket), planned by the algorithm or by DDP's rule."""
         roles = self._engine.bucket_roles()
-        # A per-forward broadcast makes every rank wait for rank 0 and, on a
-        # busy link, for the algorithm's own traffic queued ahead of it: an
-        # algorithm that moves weights rank by rank would lose the point of
-        # not waiting, and its replicas' buffers belong to their own weights.
-        self._buffers_each_forward = (self.broadcast_buffers if self.broadcast_buffers is not None
-                                      else "weights" not in roles)
+        self._moves_weights = "weights" in roles
         first = min(_FIRST_BUCKET_MB, self.bucket_cap_mb)
         tensors = [p.detach() for p in self._params]
         self._grad_role = "gradients" in roles
@@ -398,10 +393,21 @@ class DistributedDataParallel(nn.Module):
                 view.copy_(p.grad)
                 p.grad = view
 
+    def _broadcasts_buffers(self) -> bool:
+        """Whether this forward starts with rank 0's buffers (read each time:
+        the attribute may be changed, as torch DDP's may)."""
+        if self.broadcast_buffers is not None:
+            return bool(self.broadcast_buffers)
+        # A per-forward broadcast makes every rank wait for rank 0 and, on a
+        # busy link, for the algorithm's own traffic queued ahead of it: an
+        # algorithm that moves weights rank by rank would lose the point of
+        # not waiting, and its replicas' buffers belong to their own weights.
+        return not self._moves_weights
+
     def forward(self, *inputs, **kwargs):
         if self._failed:
             raise RuntimeError(f"DistributedDataParallel failed in an earlier iteration: {self._failed}")
-        if self._buffers_each_forward and self._world > 1:
+        if self._broadcasts_buffers() and self._world > 1:
             buffers = list(self.module.buffers())
             if buffers:
                 self._broadcast_flat(buffers)

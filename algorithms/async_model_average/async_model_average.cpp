@@ -49,6 +49,12 @@ void AsyncModelAverage::init_operations(const BucketView& b, StepContext& /*ctx*
 
 void AsyncModelAverage::start(ThreadContext ctx) {
   timeout_ = ctx.timeout;
+  if (options_.max_lag > 0 && std::chrono::milliseconds(options_.sync_interval_ms) >= timeout_) {
+    // A wait for the next round would outlast the timeout every time.
+    throw InvalidArgument(fmt::format(
+        "{}: sync_interval_ms must be shorter than the wrapper's timeout ({} ms) when max_lag waits for rounds",
+        spec(), timeout_.count()));
+  }
   averager_ = std::make_unique<BackgroundAverager>(
       ctx, AveragerConfig{options_.mode, std::chrono::milliseconds(options_.sync_interval_ms), world_size_});
   if (loaded_round_ != 0) averager_->set_round(loaded_round_);

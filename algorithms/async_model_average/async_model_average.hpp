@@ -4,8 +4,9 @@
 // every `sync_interval_ms` and moves the weights by (average - snapshot)
 // under the model lock, which training holds from the forward pre-hook to
 // the end of the optimizer step. abort/resume are named controls. With
-// max_lag, a rank that ran that many steps past its last average waits for
-// the next one (stale-synchronous); by default it never waits.
+// max_lag, a rank that ran more than that many steps past the snapshot of
+// its last average waits for the next one (stale-synchronous); by default
+// it never waits.
 #pragma once
 
 #include <chrono>

@@ -107,7 +107,9 @@ struct BackgroundAverager::State {
   // average that landed (or of the weights' start: begin, a load).
   std::atomic<std::uint64_t> training_step{0};
   std::uint64_t averaged_at = 0;
-  bool restart_lag = false;
+  // Set by a load until training tells its step again: meanwhile
+  // training_step is the old run's, and a snapshot cannot say its step.
+  std::atomic<bool> restart_lag{false};
 
   // Touched by the thread only (and kept alive by it: receives that a dead
   // peer never completed may still name them).
@@ -193,10 +195,10 @@ void BackgroundAverager::State::run() {
 bool BackgroundAverager::State::average_once(std::uint64_t round_number, const TagBlock& round_tags,
                                              std::optional<std::uint64_t>& landed_from) {
   std::uint64_t taken_at = 0;
-  std::uint64_t snapshot_step = 0;
+  std::optional<std::uint64_t> snapshot_step;
   const bool took = lock.run_exclusive([&] {
     taken_at = generation.load();
-    snapshot_step = training_step.load();
+    if (!restart_lag.load()) snapshot_step = training_step.load();
     for (std::size_t b = 0; b < weights.size(); ++b) to_float(weights[b], snapshot[b].data());
   });
   if (!took) return false;
@@ -333,7 +335,7 @@ void BackgroundAverager::wait_for_lag(std::uint64_t step, std::uint64_t max_lag,
   // Paused (or about to be), no round averages: waiting would never end.
   const auto free = [&] {
     return !s.begun || s.exited || s.want_stop || s.paused || s.want_pause || !s.failure.empty() ||
-           step <= s.averaged_at + max_lag;
+           step <= s.averaged_at || step - s.averaged_at <= max_lag;
   };
   const bool done = s.cv.wait_for(lk, timeout, free);
   if (!s.failure.empty()) throw Error(s.failure);

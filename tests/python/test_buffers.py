@@ -31,8 +31,10 @@ class Counting(nn.Module):
 def _seen_after_each_step(rank, world, algorithm, broadcast_buffers, steps):
     model = Counting(rank)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    kwargs = {} if broadcast_buffers == "default" else {"broadcast_buffers": broadcast_buffers}
+    kwargs = {} if broadcast_buffers in ("default", "set later") else {"broadcast_buffers": broadcast_buffers}
     ddp = bagua_ravnest.DistributedDataParallel(model, algorithm=algorithm, optimizer=opt, **kwargs)
+    if broadcast_buffers == "set later":
+        ddp.broadcast_buffers = True  # as torch DDP's attribute, read at every forward
     seen = []
     for _ in range(steps):
         opt.zero_grad()
@@ -55,6 +57,7 @@ RANK_LOCAL = [2.0, 4.0, 6.0, 8.0]
         ("gradient_allreduce", False, RANK_LOCAL),
         ("decentralized", "default", RANK_LOCAL),
         ("decentralized", True, BROADCAST),
+        ("decentralized", "set later", BROADCAST),
         ("low_precision_decentralized", "default", RANK_LOCAL),
         # Averaged with the weights every second step: (2 + 4) / 2 = 3 at
         # step 2, (5 + 7) / 2 = 6 at step 4.

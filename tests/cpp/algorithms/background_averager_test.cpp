@@ -177,6 +177,39 @@ TEST(BackgroundAverager, MaxLagWaitsForAnAverageFromARecentSnapshot) {
   }
 }
 
+TEST(BackgroundAverager, MaxLagStartsAgainFromALoadedCheckpointsStep) {
+  // Trained to step 20, then a checkpoint of step 5 is loaded: rounds that
+  // snapshot before training tells its new step must not count as averages
+  // from step 20, or the bound would be off until step 22.
+  const int n = 2;
+  auto world = LoopbackWorld::create(n);
+  std::vector<std::vector<float>> w(n, std::vector<float>(kCount, 1.0f));
+  on_ranks(n, [&](int rank) {
+    BackgroundAverager avg(context_of(world, rank, 10s), AveragerConfig{PeerMode::All, 1ms, n});
+    avg.set_training_step(0);
+    avg.begin({view_of(w[rank])});
+    for (std::uint64_t step = 0; step < 20; ++step) {
+      avg.wait_for_lag(step, 2, 10s);
+      avg.set_training_step(step + 1);
+    }
+    wait_until([&] { return avg.averaged_from() == 20; });
+    avg.lock().hold_for_checkpoint(10s);
+    avg.weights_replaced();
+    avg.lock().release_checkpoint();
+    const std::uint64_t rounds = avg.round();
+    wait_until([&] { return avg.round() >= rounds + 3; });  // rounds while the old step is all there is
+    for (std::uint64_t step = 5; step < 12; ++step) {
+      avg.set_training_step(step);  // the forward pre-hook: the first tells the loaded step
+      avg.wait_for_lag(step, 2, 10s);
+      EXPECT_LE(avg.averaged_from(), step) << "an average from the old run's step counted";
+      EXPECT_LE(step, avg.averaged_from() + 2);
+      avg.set_training_step(step + 1);
+    }
+    avg.stop(10s);
+    avg.rethrow_failure();
+  });
+}
+
 TEST(BackgroundAverager, Bfloat16WeightsMoveTowardsTheMean) {
   const int n = 2;
   auto world = LoopbackWorld::create(n);
