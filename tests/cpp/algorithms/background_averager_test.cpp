@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <latch>
 #include <string>
 #include <thread>
 
@@ -140,6 +141,9 @@ TEST(BackgroundAverager, MaxLagWaitsForAnAverageFromARecentSnapshot) {
   auto world = LoopbackWorld::create(n);
   std::vector<std::vector<float>> w(n, std::vector<float>(kCount, 1.0f));
   std::vector<std::string> errors(n);
+  // A rank that pauses or stops ends its peers' waits too (rightly: no
+  // round would come); the ranks finish training together before either.
+  std::latch trained(n);
   on_ranks(n, [&](int rank) {
     BackgroundAverager avg(context_of(world, rank, 10s), AveragerConfig{PeerMode::All, 100ms, n});
     avg.set_training_step(0);
@@ -151,6 +155,7 @@ TEST(BackgroundAverager, MaxLagWaitsForAnAverageFromARecentSnapshot) {
       avg.set_training_step(step + 1);  // the optimizer step
       avg.lock().release_training();
     }
+    trained.arrive_and_wait();
     EXPECT_GE(avg.round(), 2u);
     avg.set_paused(true, 10s);
     EXPECT_NO_THROW(avg.wait_for_lag(1000, 1, 1s));
@@ -184,6 +189,7 @@ TEST(BackgroundAverager, MaxLagStartsAgainFromALoadedCheckpointsStep) {
   const int n = 2;
   auto world = LoopbackWorld::create(n);
   std::vector<std::vector<float>> w(n, std::vector<float>(kCount, 1.0f));
+  std::latch trained(n);  // a rank that stops early would end its peer's waits
   on_ranks(n, [&](int rank) {
     BackgroundAverager avg(context_of(world, rank, 10s), AveragerConfig{PeerMode::All, 1ms, n});
     avg.set_training_step(0);
@@ -205,6 +211,7 @@ TEST(BackgroundAverager, MaxLagStartsAgainFromALoadedCheckpointsStep) {
       EXPECT_LE(step, avg.averaged_from() + 2);
       avg.set_training_step(step + 1);
     }
+    trained.arrive_and_wait();
     avg.stop(10s);
     avg.rethrow_failure();
   });
