@@ -58,8 +58,20 @@ import math
 
 import torch
 
-# The values of QAdamOptimizer's `variance` (and of the algorithms' `variance=` option).
-VARIANCE_RULES = ("recovered", "momentum", "frozen")
+
+
+def _check_variance_rule(rule: str) -> None:
+    """The rules are the algorithms' `variance=` values; C++ (qadam_options)
+    holds the one list, so its parser judges."""
+    from . import _C
+
+    what = "QAdamOptimizer: variance must be a rule of the algorithm's `variance=` option or None (the algorithm's own)"
+    try:
+        spec = _C.canonical_spec(f"qadam:variance={rule}", 0, 1, [0])
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"{what}: {e}") from None
+    if _C.parse_algorithm_spec(spec)[1].get("variance") != rule:  # "frozen,warmup_steps=3" is no rule
+        raise ValueError(f"{what}, got {rule!r}")
 
 
 class QAdamOptimizer(torch.optim.Optimizer):
@@ -75,9 +87,10 @@ class QAdamOptimizer(torch.optim.Optimizer):
             raise ValueError(f"QAdamOptimizer: warmup_steps must be a non-negative integer, got {warmup_steps}")
         if update_bound is not None and not update_bound > 0:
             raise ValueError(f"QAdamOptimizer: update_bound must be positive or None, got {update_bound}")
-        if variance is not None and variance not in VARIANCE_RULES:
-            raise ValueError(f"QAdamOptimizer: variance must be one of {', '.join(VARIANCE_RULES)} or None (the "
-                             f"algorithm's own), got {variance!r}")
+        if variance is not None:
+            if not isinstance(variance, str):
+                raise TypeError(f"QAdamOptimizer: variance must be a string or None, got {type(variance).__name__}")
+            _check_variance_rule(variance)
         if warmup_steps < 1:
             # Without a warm-up a frozen variance is 0 (no coordinate would ever move), and every rule
             # starts from the warm-up's variance.
@@ -130,7 +143,7 @@ class QAdamOptimizer(torch.optim.Optimizer):
 
         _, options = parse_algorithm_spec(spec)
         rule = options.get("variance")
-        if rule not in VARIANCE_RULES:
+        if rule is None:
             raise ValueError(f"QAdamOptimizer: the algorithm {spec!r} names no variance rule; it is not one this "
                              f"optimizer works with (qadam, onebit_adam)")
         if self.variance is not None and rule != self.variance:

@@ -636,6 +636,8 @@ def _misuse(rank, world, case):
         bagua_ravnest.QAdamOptimizer(net.parameters(), update_bound=0)
     elif case == "bad variance":
         bagua_ravnest.QAdamOptimizer(net.parameters(), variance="adaptive")
+    elif case == "variance with more options":
+        bagua_ravnest.QAdamOptimizer(net.parameters(), variance="frozen,warmup_steps=3")
     elif case == "variance across checkpoints":
         opt = bagua_ravnest.QAdamOptimizer(net.parameters(), warmup_steps=2)
         state = bagua_ravnest.DistributedDataParallel(mlp(), algorithm="qadam", optimizer=opt).state_dict()
@@ -661,7 +663,8 @@ def _misuse(rank, world, case):
     ("no warm-up", "warmup_steps >= 1"),
     ("bad bound", "update_bound must be positive"),
     ("precondition across checkpoints", "precondition=true"),
-    ("bad variance", "variance must be one of recovered, momentum, frozen"),
+    ("bad variance", "choose one of: recovered, momentum, frozen"),
+    ("variance with more options", "got 'frozen,warmup_steps=3'"),
     ("variance across checkpoints", "variance=recovered"),
     ("no algorithm", "wrap the model with bagua_ravnest.DistributedDataParallel"),
 ])
