@@ -165,6 +165,13 @@ class Algorithm {
   virtual void hold_weights(WeightsHold /*hold*/) {}
   virtual void release_weights() {}
 
+  // The wrapper has just set every rank's weights (and buffers) to their
+  // mean over the ranks (DistributedDataParallel.average_replicas), between
+  // steps and with nothing in flight: state derived from each rank's own
+  // weights (copies of the neighbours', a snapshot awaiting its average)
+  // must start again from the common weights, the same on every rank.
+  virtual void replicas_averaged(StepContext& /*ctx*/) {}
+
   // Whether what it does depends on the step count (a period, a peer
   // schedule): the checkpoint then carries the step even when the state
   // below is empty, so that a resumed run continues where it stopped.

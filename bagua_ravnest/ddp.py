@@ -280,18 +280,8 @@ class DistributedDataParallel(nn.Module):
             )
         return canonical
 
-    @torch.no_grad()
     def _broadcast_flat(self, tensors: list[torch.Tensor]) -> None:
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for t in tensors:
-            by_dtype.setdefault(t.dtype, []).append(t)
-        for group in by_dtype.values():
-            flat = torch.cat([t.reshape(-1) for t in group])
-            dist.broadcast(flat, src=self._src, group=self.process_group)
-            offset = 0
-            for t in group:
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
+        _through_flat(tensors, lambda flat: dist.broadcast(flat, src=self._src, group=self.process_group))
 
     def _sync_module_states(self) -> None:
         states = [p.data for p in self.module.parameters()] + [b for b in self.module.buffers()]
@@ -509,6 +499,50 @@ class DistributedDataParallel(nn.Module):
         the same point. An unknown name is an error listing the controls."""
         self._engine.control(name)
 
+    @torch.no_grad()
+    def average_replicas(self) -> None:
+        """Sets every rank's parameters and floating-point buffers to their
+        mean over the ranks. Collective: every rank calls it, between steps
+        (after optimizer.step(), before the next forward).
+
+        The replicas of decentralized, low_precision_decentralized,
+        local_sgd and async_model_average differ between exchanges by
+        design; this is the consensus model to evaluate or save at the end
+        of training (or at any step). The algorithm then goes on from it:
+        its copies of the neighbours' weights, a snapshot waiting for its
+        average, a round of async_model_average in flight start again from
+        the common weights. With gradient algorithms the replicas are equal
+        already (their buffers too, unless broadcast_buffers=False)."""
+        if self._failed:
+            raise RuntimeError(f"DistributedDataParallel failed in an earlier iteration: {self._failed}")
+        if self._sync_this_iteration:
+            raise RuntimeError("average_replicas() was called between a forward and its backward; call it between "
+                               "steps (after optimizer.step(), before the next forward), on every rank")
+        self._engine.drain()  # an exchange launched by the last step lands first
+        holds = self._engine.moves_weights_in_background
+        if holds:
+            # The thread's round in flight was taken from the weights being
+            # replaced: it is dropped, as after loading a checkpoint.
+            self._engine.hold_weights(replace=True)
+        try:
+            states = [p.data for p in self._params] + [b for b in self.module.buffers() if b.is_floating_point()]
+            if self._world > 1:
+                self._all_reduce_mean(states)
+            self._engine.replicas_averaged()
+        finally:
+            if holds:
+                self._engine.release_weights()
+
+    def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> None:
+        """Each tensor becomes its mean over the ranks (summed in fp32 at
+        least, whatever the tensors' precision; every rank gets the same
+        bits)."""
+        def mean(flat: torch.Tensor) -> None:
+            dist.all_reduce(flat, group=self.process_group)
+            flat /= self._world
+
+        _through_flat(tensors, mean, widen=True)
+
     @property
     def algorithm_controls(self) -> list[str]:
         """The names algorithm_control accepts."""
@@ -626,6 +660,21 @@ def _load_algorithm_state(module, state_dict, prefix, local_metadata, strict, mi
 def _release_weights_after_load(module, incompatible_keys) -> None:
     if module._engine.moves_weights_in_background:
         module._engine.release_weights()
+
+
+@torch.no_grad()
+def _through_flat(tensors: list[torch.Tensor], collective, widen: bool = False) -> None:
+    """Runs `collective` on one flat tensor per dtype holding `tensors`
+    (in fp32 at least when `widen`), then copies the results back."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for dtype, group in by_dtype.items():
+        wide = torch.promote_types(dtype, torch.float32) if widen else dtype
+        flat = torch.cat([t.reshape(-1).to(wide) for t in group])
+        collective(flat)
+        for t, view in zip(group, _views_of(flat, group)):
+            t.copy_(view)
 
 
 def _views_of(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -143,6 +143,17 @@ void LocalSgd::wait_pending() const {
   }
 }
 
+void LocalSgd::replicas_averaged(StepContext& /*ctx*/) {
+  // overlap=true: the average in flight is of a snapshot each rank took of
+  // its own weights; applied at the next sync as "average + progress since
+  // my snapshot" it would pull the now equal replicas apart again. The
+  // replicas' exact mean supersedes it (with an outer optimizer, the next
+  // pseudo-gradient then spans both periods). Without overlap nothing is
+  // per rank: x0 is common, and the mean of the weights did not change.
+  wait_pending();
+  pending_[0] = 0.0f;
+}
+
 void LocalSgd::sync_weights_late(StepContext& ctx) {
   wait_pending();
   for (const BucketView& b : ctx.weights) {

@@ -39,6 +39,7 @@ class LocalSgd final : public WholeModelAlgorithm {
   void init_operations(const BucketView& bucket, StepContext& ctx) override;
   // The synchronization, after every period-th optimizer step.
   void post_optimizer_step_hook(StepContext& ctx) override;
+  void replicas_averaged(StepContext& ctx) override;
   bool depends_on_step() const override { return true; }
   AlgorithmState state_dict() const override;
   void load_state_dict(const AlgorithmState& state) override;

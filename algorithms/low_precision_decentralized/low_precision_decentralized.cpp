@@ -61,16 +61,27 @@ void LowPrecisionDecentralized::init_operations(const BucketView& b, StepContext
   if (buckets_.size() <= i) buckets_.resize(i + 1);
   Replicas& rep = buckets_[i];
   // The wrapper broadcast rank 0's weights before this: all replicas agree.
-  const auto* x = static_cast<const float*>(b.data);
-  rep.w.assign(x, x + b.count);
-  rep.left = rep.w;
-  rep.right = rep.w;
+  start_replicas_from(b);
   rep.residual.assign(error_feedback_ ? b.count : 0, 0.0f);
   rep.d.assign(b.count, 0.0f);
   const std::size_t wire = codec_->wire_bytes(b.count);
   rep.wire.assign(wire, 0);
   rep.from_left.assign(wire, 0);
   rep.from_right.assign(wire, 0);
+}
+
+void LowPrecisionDecentralized::start_replicas_from(const BucketView& b) {
+  Replicas& rep = buckets_.at(static_cast<std::size_t>(b.index));
+  const auto* x = static_cast<const float*>(b.data);
+  rep.w.assign(x, x + b.count);
+  rep.left = rep.w;
+  rep.right = rep.w;
+}
+
+void LowPrecisionDecentralized::replicas_averaged(StepContext& ctx) {
+  // The residuals stay: each is this rank's own compression error, which
+  // only decides what it sends next (both ends add what was sent).
+  for (const BucketView& b : ctx.weights) start_replicas_from(b);
 }
 
 void LowPrecisionDecentralized::post_optimizer_step_hook(StepContext& ctx) {

@@ -38,6 +38,7 @@ class LowPrecisionDecentralized final : public WholeModelAlgorithm {
   std::string spec() const override;
   void init_operations(const BucketView& bucket, StepContext& ctx) override;
   void post_optimizer_step_hook(StepContext& ctx) override;
+  void replicas_averaged(StepContext& ctx) override;
   bool depends_on_step() const override { return true; }
   AlgorithmState state_dict() const override;
   void load_state_dict(const AlgorithmState& state) override;
@@ -47,6 +48,9 @@ class LowPrecisionDecentralized final : public WholeModelAlgorithm {
     std::vector<float> w, left, right, residual, d;
     std::vector<std::uint8_t> wire, from_left, from_right;
   };
+  // Every replica of bucket `b` (mine, my copies of both neighbours') from
+  // its weights: valid when all ranks hold the same weights.
+  void start_replicas_from(const BucketView& b);
   // Throws on every rank when some rank's copies differ from its
   // neighbours' weights.
   void check_invariant(StepContext& ctx);

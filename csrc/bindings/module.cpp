@@ -442,6 +442,7 @@ PYBIND11_MODULE(_C, m) {
           [](Engine& e, bool replace) { e.algorithm().hold_weights(replace ? WeightsHold::Replace : WeightsHold::Read); },
           py::arg("replace"), py::call_guard<py::gil_scoped_release>())
       .def("release_weights", [](Engine& e) { e.algorithm().release_weights(); })
+      .def("replicas_averaged", &Engine::replicas_averaged, py::call_guard<py::gil_scoped_release>())
       .def("mark_ready", &Engine::mark_ready, py::arg("index"))
       .def("unready_tensors", &Engine::unready_tensors)
       .def("wait_all", &Engine::wait_all, py::call_guard<py::gil_scoped_release>())

@@ -286,6 +286,11 @@ void Engine::post_optimizer_step_hook() {
 
 bool Engine::need_reset() { return algorithm_->need_reset(step_); }
 
+void Engine::replicas_averaged() {
+  drain();
+  call_hook([&](StepContext& ctx) { algorithm_->replicas_averaged(ctx); });
+}
+
 void Engine::control(const std::string& name) {
   const auto names = algorithm_->controls();
   if (std::find(names.begin(), names.end(), name) == names.end()) {

@@ -81,6 +81,9 @@ class Engine {
   void post_optimizer_step_hook();
   // Whether the buckets must be rebuilt (asked after each optimizer step).
   bool need_reset();
+  // Tells the algorithm that the wrapper has set every rank's weights to
+  // their mean (Algorithm::replicas_averaged), after what was in flight.
+  void replicas_averaged();
   // One of the algorithm's named controls; an unknown name lists them.
   void control(const std::string& name);
   std::vector<std::string> controls() const { return algorithm_->controls(); }
@@ -104,7 +107,6 @@ class Engine {
   std::shared_ptr<Watchdog> watchdog_;
 
   using ViewSet = std::array<std::vector<BucketView>, kBucketRoles>;
-  // A context over a snapshot of the views (which the caller keeps alive).
   // A context over a snapshot of the views (which the caller keeps alive);
   // `engine` null for one without launch and background.
   static StepContext context_of(Communicator& comm, const ViewSet& views, TagBlock tags, std::uint64_t step,
