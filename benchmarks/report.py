@@ -30,9 +30,15 @@ def train_table(data: dict) -> str:
         rule += "---|---:|"
     held_target = data.get("config", {}).get("target_heldout_loss")
     held = all("heldout_loss" in r for r in data["rows"]) and held_target is not None
+    # The replicas' mean, where some row's replicas differ at the end.
+    of_mean = held and all(r.get("heldout_loss_of_mean") is not None for r in data["rows"]) and any(
+        abs(r["heldout_loss_of_mean"] - r["heldout_loss"]) > 5e-5 for r in data["rows"])
     if held:
         head += f" held-out loss | time to held-out {held_target:g} (s) |"
         rule += "---:|---:|"
+    if of_mean:
+        head += " held-out loss of the replicas' mean |"
+        rule += "---:|"
     lines = [head, rule]
     for r in data["rows"]:
         speed = f"{r['speedup_vs_ddp']:.2f}x" if r.get("speedup_vs_ddp") else "-"
@@ -46,6 +52,8 @@ def train_table(data: dict) -> str:
         if held:
             reached = r.get("time_to_target_heldout_s")
             line += f" {r['heldout_loss']:.4f} | " + (f"{reached:.2f} |" if reached is not None else "not reached |")
+        if of_mean:
+            line += f" {r['heldout_loss_of_mean']:.4f} |"
         lines.append(line)
     return "\n".join(lines)
 

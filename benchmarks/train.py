@@ -36,7 +36,10 @@ algorithm's own training time until that five-step mean first falls below
 held-out loss (every --eval-every steps and at the end, on data no rank
 trains on, outside the timed steps): heldout_loss at the last step (equal
 samples for every algorithm), time_to_target_heldout_s (training time until
-it first falls below --target-heldout-loss) and heldout_curve.
+it first falls below --target-heldout-loss) and heldout_curve; and
+heldout_loss_of_mean, the held-out loss after the last step of the mean of
+the replicas (the consensus model that average_replicas() gives; equal to
+heldout_loss where the replicas are equal).
 
 --model charlm is the real-data task: a character-level transformer on the
 Python standard library's source text (benchmarks/charlm.py).
@@ -256,6 +259,7 @@ class _Trainer:
         self.held_out_set = self.task.held_out()
         # (step, training seconds so far, held-out loss), every --eval-every steps and at the end.
         self.held_out: list[tuple[int, float, float]] = []
+        self.heldout_of_mean: float | None = None  # after the last step (evaluate_mean)
         self.step_times: list[float] = []
         self.phases: list[tuple[float, float, float]] = []  # forward, backward, optimizer step (s)
         self.losses: list[float] = []
@@ -326,6 +330,31 @@ class _Trainer:
         self._pause(was_paused)
         self.held_out.append((len(self.losses), sum(self.step_times), value))
 
+    @torch.no_grad()
+    def evaluate_mean(self, gloo) -> None:
+        """Held-out loss of the replicas' mean (parameters and floating-point
+        buffers averaged over the ranks in fp32), on a copy: training's state
+        is left as it is. The same measure for every row, torch's too."""
+        was_paused = self.paused
+        self._pause(True)
+        trained = getattr(self.model, "module", self.model)
+        model = build_model(self.args.model, seed=self.args.seed)
+        model.load_state_dict(trained.state_dict())
+        states = [p.data for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]
+        flat = torch.cat([t.reshape(-1).float() for t in states])
+        dist.all_reduce(flat, group=gloo)
+        flat /= dist.get_world_size(gloo)
+        offset = 0
+        for t in states:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+        model.eval()
+        x, y = self.held_out_set
+        loss = self.task.loss(model(x), y).double().reshape(1)
+        dist.all_reduce(loss, group=gloo)  # as heldout_loss: over each rank's held-out set
+        self.heldout_of_mean = float(loss) / dist.get_world_size(gloo)
+        self._pause(was_paused)
+
     def summary(self, world, gloo) -> dict:
         args = self.args
         # Training time is the slowest rank's own total. Ranks of a
@@ -382,6 +411,7 @@ class _Trainer:
             "heldout_loss": held[-1],
             "time_to_target_heldout_s": held_seconds[reached[0]] if reached else None,
             "heldout_curve": {"steps": held_steps, "seconds": held_seconds, "loss": held},
+            "heldout_loss_of_mean": self.heldout_of_mean,
             "curve": {"seconds": seconds.tolist(), "loss": mean_loss},
         }
 
@@ -406,6 +436,8 @@ def _worker(rank, world, algorithms, args, net):
             trainer.run(block, progress)
     if progress is not None:
         progress.close()
+    for trainer in trainers:
+        trainer.evaluate_mean(gloo)
     # What the allocator setting did in this rank (--malloc asks; glibc may refuse).
     mapped = large_blocks_are_mapped()
     return [dict(t.summary(world, gloo), large_blocks_mapped=mapped) for t in trainers]

@@ -75,7 +75,8 @@ def test_train_json_and_plot(tmp_path):
 
 
 def test_charlm_reports_held_out_loss_at_equal_samples(tmp_path):
-    data = _run(["benchmarks/train.py", "--world-size", "2", "--model", "charlm", "--algorithms", "ddp_adam,qadam",
+    data = _run(["benchmarks/train.py", "--world-size", "2", "--model", "charlm", "--algorithms",
+                 "ddp_adam,qadam,decentralized",
                  "--steps", "6", "--warmup-steps", "1", "--adam-warmup-steps", "2", "--eval-every", "3",
                  "--batch-size", "4", "--rounds", "1", "--target-heldout-loss", "100"], tmp_path)
     rows = {r["algorithm"]: r for r in data["rows"]}
@@ -86,6 +87,11 @@ def test_charlm_reports_held_out_loss_at_equal_samples(tmp_path):
         assert r["heldout_loss"] == r["heldout_curve"]["loss"][-1]
         assert 0 < r["heldout_loss"] < 6  # a byte model starts near log(256) = 5.55
         assert r["time_to_target_heldout_s"] == r["heldout_curve"]["seconds"][0]  # 100 is reached at once
+    # The replicas' mean: the model itself where the replicas are equal,
+    # another model where they differ by design.
+    for name in ("ddp_adam", "qadam"):
+        assert abs(rows[name]["heldout_loss_of_mean"] - rows[name]["heldout_loss"]) < 1e-6
+    assert abs(rows["decentralized"]["heldout_loss_of_mean"] - rows["decentralized"]["heldout_loss"]) > 1e-7
     # Warm-up of qadam is exact Adam: both are Adam on the same data until its switch.
     assert abs(rows["qadam"]["curve"]["loss"][0] - rows["ddp_adam"]["curve"]["loss"][0]) < 1e-5
 
