@@ -165,11 +165,15 @@ class Algorithm {
   virtual void hold_weights(WeightsHold /*hold*/) {}
   virtual void release_weights() {}
 
-  // The wrapper has just set every rank's weights (and buffers) to their
-  // mean over the ranks (DistributedDataParallel.average_replicas), between
-  // steps and with nothing in flight: state derived from each rank's own
-  // weights (copies of the neighbours', a snapshot awaiting its average)
-  // must start again from the common weights, the same on every rank.
+  // DistributedDataParallel.average_replicas sets every rank's weights (and
+  // buffers) to their mean over the ranks, collectively. Before, with the
+  // launched work drained: an algorithm whose thread moves the weights
+  // stops it on every rank (collectively: a round one rank joins with the
+  // old weights and another with the mean would pull them apart). After:
+  // state derived from each rank's own weights (copies of the neighbours',
+  // a snapshot awaiting its average, a compression residual) starts again
+  // from the common weights, the same on every rank, and the thread goes on.
+  virtual void before_averaging_replicas(StepContext& /*ctx*/) {}
   virtual void replicas_averaged(StepContext& /*ctx*/) {}
 
   // Whether what it does depends on the step count (a period, a peer

@@ -509,34 +509,33 @@ class DistributedDataParallel(nn.Module):
         local_sgd and async_model_average differ between exchanges by
         design; this is the consensus model to evaluate or save at the end
         of training (or at any step). The algorithm then goes on from it:
-        its copies of the neighbours' weights, a snapshot waiting for its
-        average, a round of async_model_average in flight start again from
-        the common weights. With gradient algorithms the replicas are equal
-        already (their buffers too, unless broadcast_buffers=False)."""
+        async_model_average's rounds stop on every rank around it, and its
+        copies of the neighbours' weights, a snapshot waiting for its
+        average, a compression residual start again from the common
+        weights. With gradient algorithms the replicas are equal already
+        (their buffers too, unless broadcast_buffers=False), and stay so to
+        the bit."""
         if self._failed:
             raise RuntimeError(f"DistributedDataParallel failed in an earlier iteration: {self._failed}")
         if self._sync_this_iteration:
             raise RuntimeError("average_replicas() was called between a forward and its backward; call it between "
                                "steps (after optimizer.step(), before the next forward), on every rank")
-        self._engine.drain()  # an exchange launched by the last step lands first
-        holds = self._engine.moves_weights_in_background
-        if holds:
-            # The thread's round in flight was taken from the weights being
-            # replaced: it is dropped, as after loading a checkpoint.
-            self._engine.hold_weights(replace=True)
         try:
+            # An exchange launched by the last step lands first; a thread
+            # that moves the weights (async_model_average) stops on every rank.
+            self._engine.before_averaging_replicas()
             states = [p.data for p in self._params] + [b for b in self.module.buffers() if b.is_floating_point()]
             if self._world > 1:
                 self._all_reduce_mean(states)
             self._engine.replicas_averaged()
-        finally:
-            if holds:
-                self._engine.release_weights()
+        except RuntimeError as e:
+            self._failed = f"average_replicas() failed: {e}"
+            raise
 
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> None:
-        """Each tensor becomes its mean over the ranks (summed in fp32 at
-        least, whatever the tensors' precision; every rank gets the same
-        bits)."""
+        """Each tensor becomes its mean over the ranks, summed in fp64 (exact
+        where the replicas are equal: n x / n is x again), the same bits on
+        every rank."""
         def mean(flat: torch.Tensor) -> None:
             dist.all_reduce(flat, group=self.process_group)
             flat /= self._world
@@ -665,12 +664,12 @@ def _release_weights_after_load(module, incompatible_keys) -> None:
 @torch.no_grad()
 def _through_flat(tensors: list[torch.Tensor], collective, widen: bool = False) -> None:
     """Runs `collective` on one flat tensor per dtype holding `tensors`
-    (in fp32 at least when `widen`), then copies the results back."""
+    (in fp64 when `widen`), then copies the results back."""
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
         by_dtype.setdefault(t.dtype, []).append(t)
     for dtype, group in by_dtype.items():
-        wide = torch.promote_types(dtype, torch.float32) if widen else dtype
+        wide = torch.promote_types(dtype, torch.float64) if widen else dtype
         flat = torch.cat([t.reshape(-1).to(wide) for t in group])
         collective(flat)
         for t, view in zip(group, _views_of(flat, group)):

@@ -59,7 +59,6 @@ import math
 import torch
 
 
-
 def _check_variance_rule(rule: str) -> None:
     """The rules are the algorithms' `variance=` values; C++ (qadam_options)
     holds the one list, so its parser judges."""

@@ -4,7 +4,8 @@ every relaxation bagua_ravnest has (each registered algorithm with its
 default options, so algorithms added later join by themselves), over an
 emulated 100 Mbit/s network when run as root (network namespaces and tc, as
 `make bench` does), else over loopback. Prints a table (speed against torch
-DDP, bytes on the wire per step, held-out loss) and writes out/demo.json and
+DDP, bytes on the wire per step, held-out loss, and that of the replicas'
+mean) and writes out/demo.json and
 out/demo_heldout.png (held-out loss against training time).
 
     python benchmarks/demo.py --world-size 4 --out out
@@ -40,13 +41,22 @@ def demo_algorithms() -> list[str]:
 def print_table(rows: list[dict]) -> None:
     adam = {r["algorithm"] for r in rows if train.uses_adam(r["algorithm"])}
     base = {r["algorithm"]: r for r in rows}
-    print(f"{'algorithm':<22} {'optimizer':<9} {'samples/s':>10} {'vs DDP':>8} {'MB/step':>9} {'held-out loss':>14}")
+    # Held-out loss: the mean of the replicas' losses, and the loss of the
+    # replicas' mean (average_replicas()), which differ where replicas do.
+    width = max([len("algorithm")] + [len(r["algorithm"]) for r in rows])
+    print(f"{'algorithm':<{width}} {'optimizer':<9} {'samples/s':>10} {'vs DDP':>8} {'MB/step':>9} {'held-out loss':>14} "
+          f"{'of the mean':>12}")
     for r in rows:
         # The yardstick is torch DDP with the same optimizer, when it ran.
         ref = base.get("ddp_adam" if r["algorithm"] in adam else "ddp")
         speed = f"{r['samples_per_s'] / ref['samples_per_s']:>7.2f}x" if ref else f"{'-':>8}"
-        print(f"{r['algorithm']:<22} {'Adam' if r['algorithm'] in adam else 'SGD':<9} {r['samples_per_s']:>10.1f} "
-              f"{speed} {r['bytes_sent_per_step'] / 1e6:>9.2f} {r['heldout_loss']:>14.4f}")
+        print(f"{r['algorithm']:<{width}} {'Adam' if r['algorithm'] in adam else 'SGD':<9} {r['samples_per_s']:>10.1f} "
+              f"{speed} {r['bytes_sent_per_step'] / 1e6:>9.2f} {r['heldout_loss']:>14.4f} "
+              f"{_loss(r.get('heldout_loss_of_mean')):>12}")
+
+
+def _loss(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def main(argv=None) -> int:

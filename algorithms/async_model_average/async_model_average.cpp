@@ -99,13 +99,29 @@ bool AsyncModelAverage::need_reset(std::uint64_t step) {
 
 void AsyncModelAverage::control(const std::string& name, StepContext& /*ctx*/) {
   if (!averager_) throw Error("async_model_average: the wrapper has not started its thread");
+  set_paused(name == "abort");
+  aborted_ = name == "abort";
+}
+
+void AsyncModelAverage::set_paused(bool paused) {
   // Between a forward and its optimizer step the round in flight would wait
   // for the training hold: let it land, then hold again.
   ModelLock& lock = averager_->lock();
   const bool held = lock.training_holds();
   if (held) lock.release_training();
-  averager_->set_paused(name == "abort", timeout_);
+  averager_->set_paused(paused, timeout_);
   if (held) lock.hold_for_training(timeout_);
+}
+
+void AsyncModelAverage::before_averaging_replicas(StepContext& /*ctx*/) {
+  // Once every rank has agreed to pause, no round is in flight anywhere.
+  if (averager_) set_paused(true);
+}
+
+void AsyncModelAverage::replicas_averaged(StepContext& /*ctx*/) {
+  if (!averager_) return;
+  averager_->weights_replaced();  // max_lag counts from the averaged weights
+  if (!aborted_) set_paused(false);
 }
 
 void AsyncModelAverage::hold_weights(WeightsHold hold) {

@@ -51,6 +51,8 @@ class AsyncModelAverage final : public Algorithm {
   void stop(std::chrono::milliseconds deadline) override;
   std::vector<std::string> controls() const override { return {"abort", "resume"}; }
   void control(const std::string& name, StepContext& ctx) override;
+  void before_averaging_replicas(StepContext& ctx) override;
+  void replicas_averaged(StepContext& ctx) override;
 
   bool moves_weights_in_background() const override { return true; }
   void hold_weights(WeightsHold hold) override;
@@ -70,6 +72,10 @@ class AsyncModelAverage final : public Algorithm {
   std::chrono::milliseconds timeout_{300000};
   std::unique_ptr<BackgroundAverager> averager_;
   std::uint64_t loaded_round_ = 0;  // a checkpoint's, for a thread not started yet
+  bool aborted_ = false;            // by the user's control; what replicas_averaged restores
+
+  // Collective: every rank's thread agrees, in one round, to stop (or go on).
+  void set_paused(bool paused);
 };
 
 }  // namespace bagua

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "algorithms/registry.hpp"
@@ -79,9 +80,13 @@ void LowPrecisionDecentralized::start_replicas_from(const BucketView& b) {
 }
 
 void LowPrecisionDecentralized::replicas_averaged(StepContext& ctx) {
-  // The residuals stay: each is this rank's own compression error, which
-  // only decides what it sends next (both ends add what was sent).
-  for (const BucketView& b : ctx.weights) start_replicas_from(b);
+  for (const BucketView& b : ctx.weights) {
+    start_replicas_from(b);
+    // A rank's residual would go into its next difference, and the replicas
+    // would part again by what each rank had left unsent.
+    std::vector<float>& residual = buckets_.at(static_cast<std::size_t>(b.index)).residual;
+    std::fill(residual.begin(), residual.end(), 0.0f);
+  }
 }
 
 void LowPrecisionDecentralized::post_optimizer_step_hook(StepContext& ctx) {

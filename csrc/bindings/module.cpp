@@ -442,6 +442,8 @@ PYBIND11_MODULE(_C, m) {
           [](Engine& e, bool replace) { e.algorithm().hold_weights(replace ? WeightsHold::Replace : WeightsHold::Read); },
           py::arg("replace"), py::call_guard<py::gil_scoped_release>())
       .def("release_weights", [](Engine& e) { e.algorithm().release_weights(); })
+      .def("before_averaging_replicas", &Engine::before_averaging_replicas,
+           py::call_guard<py::gil_scoped_release>())
       .def("replicas_averaged", &Engine::replicas_averaged, py::call_guard<py::gil_scoped_release>())
       .def("mark_ready", &Engine::mark_ready, py::arg("index"))
       .def("unready_tensors", &Engine::unready_tensors)

@@ -286,8 +286,12 @@ void Engine::post_optimizer_step_hook() {
 
 bool Engine::need_reset() { return algorithm_->need_reset(step_); }
 
-void Engine::replicas_averaged() {
+void Engine::before_averaging_replicas() {
   drain();
+  call_hook([&](StepContext& ctx) { algorithm_->before_averaging_replicas(ctx); });
+}
+
+void Engine::replicas_averaged() {
   call_hook([&](StepContext& ctx) { algorithm_->replicas_averaged(ctx); });
 }
 

@@ -81,8 +81,10 @@ class Engine {
   void post_optimizer_step_hook();
   // Whether the buckets must be rebuilt (asked after each optimizer step).
   bool need_reset();
-  // Tells the algorithm that the wrapper has set every rank's weights to
-  // their mean (Algorithm::replicas_averaged), after what was in flight.
+  // Around the wrapper's setting every rank's weights to their mean
+  // (Algorithm::before_averaging_replicas, after what was in flight, and
+  // Algorithm::replicas_averaged).
+  void before_averaging_replicas();
   void replicas_averaged();
   // One of the algorithm's named controls; an unknown name lists them.
   void control(const std::string& name);

@@ -127,9 +127,65 @@ def test_demo_table_without_a_yardstick(capsys):
     import demo
 
     row = dict(samples_per_s=100.0, bytes_sent_per_step=2e6, heldout_loss=1.5)
-    demo.print_table([dict(row, algorithm="bytegrad"), dict(row, algorithm="qadam"),
+    demo.print_table([dict(row, algorithm="bytegrad"), dict(row, algorithm="qadam", heldout_loss_of_mean=1.25),
                       dict(row, algorithm="ddp_adam", samples_per_s=50.0)])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
+    assert lines[1].split()[-1] == "-" and lines[2].split()[-1] == "1.2500"  # an older JSON has no mean's loss
     assert lines[1].split()[:2] == ["bytegrad", "SGD"] and lines[1].split()[3] == "-"
     assert lines[2].split()[:2] == ["qadam", "Adam"] and lines[2].split()[3] == "2.00x"
+
+
+def _seeds_module():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import seeds
+
+    return seeds
+
+
+def test_seed_sweep_summary_math():
+    seeds = _seeds_module()
+    curve = lambda last: {"loss": [9.0, 9.0, last]}  # noqa: E731
+    runs = {0: [dict(algorithm="ref", heldout_loss=2.0, heldout_curve=curve(2.0)),
+                dict(algorithm="alg", heldout_loss=2.2, heldout_curve=curve(2.2))],
+            1: [dict(algorithm="ref", heldout_loss=1.0, heldout_curve=curve(1.0)),
+                dict(algorithm="alg", heldout_loss=0.9, heldout_curve=curve(0.9))]}
+    e = seeds.summarize(runs, "ref")["alg"]
+    assert set(e) == {"heldout_loss", "last3"}  # no replicas' mean in these rows
+    h = e["heldout_loss"]
+    assert h["seeds"] == 2 and abs(h["geomean_ratio"] - (1.1 * 0.9) ** 0.5) < 1e-12
+    assert (h["min_ratio"], h["max_ratio"]) == (0.9, 1.1)
+    import math
+    stderr = abs(math.log(1.1) - math.log(0.9)) / 2  # stdev of two values / sqrt(2)
+    assert abs(h["stderr_log"] - stderr) < 1e-12
+    assert abs(h["ci95"][1] - h["geomean_ratio"] * math.exp(12.706 * stderr)) < 1e-9
+    # last3: (9 + 9 + last) / 3 for each.
+    assert abs(e["last3"]["geomean_ratio"] - ((20.2 / 20) * (18.9 / 19)) ** 0.5) < 1e-12
+    assert abs(seeds.t975(47) - 2.0117) < 0.001 and abs(seeds.t975(200) - 1.9719) < 0.001
+    assert seeds.parse_seeds("0-3,8") == [0, 1, 2, 3, 8]
+    for bad in ("3-1", "1,1", ""):
+        with pytest.raises(ValueError):
+            seeds.parse_seeds(bad)
+
+
+def test_seed_sweep_runs_and_continues(tmp_path):
+    train_args = ["--world-size", "2", "--algorithms", "ddp,gradient_allreduce", "--steps", "4", "--warmup-steps",
+                  "1", "--batch-size", "8", "--rounds", "1", "--eval-every", "2", "--quiet"]
+    cmd = [sys.executable, "benchmarks/seeds.py", "--seeds", "0-1", "--reference", "ddp", "--out", str(tmp_path),
+           "--", *train_args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    e = summary["summary"]["gradient_allreduce"]["heldout_loss"]
+    # The same model as torch DDP's on every seed: a ratio of 1.
+    assert e["seeds"] == 2 and abs(e["geomean_ratio"] - 1) < 1e-4
+    kept = {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed_*.json")}
+    assert len(kept) == 2
+    proc = subprocess.run(cmd[:3] + ["0-2"] + cmd[4:], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # seeds 0 and 1 were not run again
+    assert json.loads((tmp_path / "summary.json").read_text())["summary"]["gradient_allreduce"]["heldout_loss"][
+        "seeds"] == 3
+    proc = subprocess.run(cmd[:-len(train_args)] + train_args + ["--seed", "3"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "--seed is set by seeds.py" in proc.stderr

@@ -53,6 +53,20 @@ void on_ranks(int n, const std::function<void(int)>& body) {
   }
 }
 
+// Arrives at a latch when it goes out of scope, however the rank's body
+// ends: a rank that threw must not leave its peers waiting there forever.
+struct ArriveOnExit {
+  std::latch& latch;
+  bool arrived = false;
+  void now() {
+    if (!arrived) latch.arrive_and_wait();
+    arrived = true;
+  }
+  ~ArriveOnExit() {
+    if (!arrived) latch.count_down();
+  }
+};
+
 void wait_until(const std::function<bool()>& done, std::chrono::milliseconds limit = 20s) {
   const auto until = std::chrono::steady_clock::now() + limit;
   while (!done()) {
@@ -145,6 +159,7 @@ TEST(BackgroundAverager, MaxLagWaitsForAnAverageFromARecentSnapshot) {
   // round would come); the ranks finish training together before either.
   std::latch trained(n);
   on_ranks(n, [&](int rank) {
+    ArriveOnExit trained_here{trained};
     BackgroundAverager avg(context_of(world, rank, 10s), AveragerConfig{PeerMode::All, 100ms, n});
     avg.set_training_step(0);
     avg.begin({view_of(w[rank])});
@@ -155,7 +170,7 @@ TEST(BackgroundAverager, MaxLagWaitsForAnAverageFromARecentSnapshot) {
       avg.set_training_step(step + 1);  // the optimizer step
       avg.lock().release_training();
     }
-    trained.arrive_and_wait();
+    trained_here.now();
     EXPECT_GE(avg.round(), 2u);
     avg.set_paused(true, 10s);
     EXPECT_NO_THROW(avg.wait_for_lag(1000, 1, 1s));
@@ -191,6 +206,7 @@ TEST(BackgroundAverager, MaxLagStartsAgainFromALoadedCheckpointsStep) {
   std::vector<std::vector<float>> w(n, std::vector<float>(kCount, 1.0f));
   std::latch trained(n);  // a rank that stops early would end its peer's waits
   on_ranks(n, [&](int rank) {
+    ArriveOnExit trained_here{trained};
     BackgroundAverager avg(context_of(world, rank, 10s), AveragerConfig{PeerMode::All, 1ms, n});
     avg.set_training_step(0);
     avg.begin({view_of(w[rank])});
@@ -211,7 +227,7 @@ TEST(BackgroundAverager, MaxLagStartsAgainFromALoadedCheckpointsStep) {
       EXPECT_LE(step, avg.averaged_from() + 2);
       avg.set_training_step(step + 1);
     }
-    trained.arrive_and_wait();
+    trained_here.now();
     avg.stop(10s);
     avg.rethrow_failure();
   });
