@@ -110,6 +110,8 @@ def table(summary: dict, reference: str) -> str:
     pct = lambda x: f"{100 * (x - 1):+.1f}%"  # noqa: E731
     for algorithm, measures in summary.items():
         for measure, e in measures.items():
+            if measure == "heldout_loss_of_mean" and e == measures.get("heldout_loss"):
+                continue  # replicas that are equal: their mean is the same model
             interval = f"{pct(e['ci95'][0])} … {pct(e['ci95'][1])}" if "ci95" in e else "—"
             lines.append(f"| {algorithm} | {measure} | {e['seeds']} | {pct(e['geomean_ratio'])} | {interval} | "
                          f"{pct(e['min_ratio'])} … {pct(e['max_ratio'])} |")
