@@ -524,7 +524,7 @@ class DistributedDataParallel(nn.Module):
             # An exchange launched by the last step lands first; a thread
             # that moves the weights (async_model_average) stops on every rank.
             self._engine.before_averaging_replicas()
-            states = [p.data for p in self._params] + [b for b in self.module.buffers() if b.is_floating_point()]
+            states = [p.data for p in self._params] + [b for _, _, b in self._float_buffers()]
             if self._world > 1:
                 self._all_reduce_mean(states)
             self._engine.replicas_averaged()

@@ -334,20 +334,17 @@ class _Trainer:
     def evaluate_mean(self, gloo) -> None:
         """Held-out loss of the replicas' mean (parameters and floating-point
         buffers averaged over the ranks in fp32), on a copy: training's state
-        is left as it is. The same measure for every row, torch's too."""
+        is left as it is. The same measure for every row, torch's too; once,
+        after training, so a collective per tensor costs nothing that counts."""
         was_paused = self.paused
         self._pause(True)
         trained = getattr(self.model, "module", self.model)
         model = build_model(self.args.model, seed=self.args.seed)
         model.load_state_dict(trained.state_dict())
-        states = [p.data for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]
-        flat = torch.cat([t.reshape(-1).float() for t in states])
-        dist.all_reduce(flat, group=gloo)
-        flat /= dist.get_world_size(gloo)
-        offset = 0
-        for t in states:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        for t in [p.data for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]:
+            wide = t.double()  # as average_replicas(): equal replicas stay equal to the bit
+            dist.all_reduce(wide, group=gloo)
+            t.copy_(wide / dist.get_world_size(gloo))
         model.eval()
         x, y = self.held_out_set
         loss = self.task.loss(model(x), y).double().reshape(1)
