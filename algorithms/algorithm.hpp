@@ -1,4 +1,4 @@
-// The Algorithm contract, second edition (DESIGN.md). The engine calls
+// The Algorithm contract, second edition (docs/engine.md). The engine calls
 // these hooks, in this order, each training step:
 //   forward_pre_hook -> (backward) on_bucket_ready per gradient bucket, on
 //   the communication threads, launched in bucket order -> post_backward_hook

@@ -1,4 +1,4 @@
-// Algorithms built from their parts (DESIGN.md, "The three strategies"):
+// Algorithms built from their parts (docs/composition.md):
 // a spec such as "codec=minmax_uint8,exchange=allreduce" instead of a name.
 // Only meaningful combinations are built; anything else is an error that
 // lists what is valid and why.

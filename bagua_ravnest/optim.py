@@ -1,7 +1,7 @@
 """Optimizers that work together with a bagua_ravnest algorithm.
 
 QAdamOptimizer is Adam for the ``qadam`` and ``onebit_adam`` algorithms
-(ALGORITHMS.md): during
+(docs/qadam.md): during
 ``warmup_steps`` it is exactly ``torch.optim.Adam`` on the averaged gradient;
 afterwards the algorithm leaves in each ``.grad`` the momentum it averaged
 (compressed) over all ranks, and the optimizer steps with it, with the usual

@@ -204,7 +204,15 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
         cap = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
         if algorithm == "ddp_powersgd":
             cap = {"bucket_cap_mb": 1024}
-        model = TorchDDP(model, process_group=gloo, **cap)
+        device = next(model.parameters()).device
+        if device.type == "cuda":
+            cap["device_ids"] = [device.index]
+        group = gloo
+        if algorithm == "ddp_nccl":
+            # torch DDP's own path on a GPU per rank (NCCL refuses ranks
+            # that share one: use the ddp row there, over Gloo).
+            group = dist.new_group(backend="nccl")
+        model = TorchDDP(model, process_group=group, **cap)
         if algorithm == "ddp_adam":
             # Exact Adam, the yardstick of qadam and onebit_adam: their
             # learning rate and torch's default betas and eps, as theirs.
@@ -226,7 +234,7 @@ def _wrap(algorithm: str, model: nn.Module, gloo, optimizer_factory, warmup_step
             model.register_comm_hook(state, post_localSGD_hook.post_localSGD_hook)
             averager = PeriodicModelAverager(period=LOCALSGD_PERIOD, warmup_steps=warmup_steps, process_group=gloo)
             after_step = lambda: averager.average_parameters(model.parameters())  # noqa: E731
-        elif algorithm != "ddp":
+        elif algorithm not in ("ddp", "ddp_nccl"):
             raise ValueError(f"unknown baseline {algorithm!r}")
         return model, optimizer_factory(model), after_step
     cap = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
@@ -246,7 +254,8 @@ class _Trainer:
 
     def __init__(self, rank, world, algorithm, args, gloo, net):
         self.algorithm, self.args, self.ifname, self.gloo = algorithm, args, net.ifname, gloo
-        model = build_model(args.model, seed=args.seed)
+        self.device = torch.device(args.device)
+        model = build_model(args.model, seed=args.seed).to(self.device)
         make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9)  # noqa: E731
         self.model, self.opt, self.after_step = _wrap(algorithm, model, gloo, make_opt, args.warmup_steps, rank, world,
                                                       net, args, args.bucket_cap_mb)
@@ -256,7 +265,7 @@ class _Trainer:
         # evaluated: it is aborted between its blocks and around evaluation.
         self.pausable = "abort" in getattr(self.model, "algorithm_controls", [])
         self.paused = False
-        self.held_out_set = self.task.held_out()
+        self.held_out_set = tuple(t.to(self.device) for t in self.task.held_out())
         # (step, training seconds so far, held-out loss), every --eval-every steps and at the end.
         self.held_out: list[tuple[int, float, float]] = []
         self.heldout_of_mean: float | None = None  # after the last step (evaluate_mean)
@@ -285,7 +294,7 @@ class _Trainer:
         # Bytes are counted from mark to mark, so none fall between steps.
         mark = tx_bytes(self.ifname)
         for _ in range(steps):
-            x, y = self.task.batch()
+            x, y = (t.to(self.device) for t in self.task.batch())
             t0 = time.perf_counter()
             self.opt.zero_grad()
             loss = self.task.loss(self.model(x), y)
@@ -294,6 +303,8 @@ class _Trainer:
             t2 = time.perf_counter()
             self.opt.step()
             self.after_step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()  # a step is timed to its end on the device
             t3 = time.perf_counter()
             self.step_times.append(t3 - t0)
             self.phases.append((t1 - t0, t2 - t1, t3 - t2))
@@ -339,15 +350,15 @@ class _Trainer:
         was_paused = self.paused
         self._pause(True)
         trained = getattr(self.model, "module", self.model)
-        model = build_model(self.args.model, seed=self.args.seed)
+        model = build_model(self.args.model, seed=self.args.seed).to(self.device)
         model.load_state_dict(trained.state_dict())
         for t in [p.data for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]:
-            wide = t.double()  # as average_replicas(): equal replicas stay equal to the bit
+            wide = t.double().cpu()  # as average_replicas(): equal replicas stay equal to the bit
             dist.all_reduce(wide, group=gloo)
             t.copy_(wide / dist.get_world_size(gloo))
         model.eval()
         x, y = self.held_out_set
-        loss = self.task.loss(model(x), y).double().reshape(1)
+        loss = self.task.loss(model(x), y).double().reshape(1).cpu()
         dist.all_reduce(loss, group=gloo)  # as heldout_loss: over each rank's held-out set
         self.heldout_of_mean = float(loss) / dist.get_world_size(gloo)
         self._pause(was_paused)
@@ -393,8 +404,10 @@ class _Trainer:
         reached = [i for i, v in enumerate(held) if args.target_heldout_loss is not None and v < args.target_heldout_loss]
         return {
             "algorithm": self.algorithm,
-            "spec": getattr(self.model, "algorithm", "horovod (gloo)" if self.algorithm == "horovod" else "torch DDP (gloo)"),
+            "spec": getattr(self.model, "algorithm", "horovod (gloo)" if self.algorithm == "horovod" else
+                            "torch DDP (nccl)" if self.algorithm == "ddp_nccl" else "torch DDP (gloo)"),
             "model": args.model,
+            "device": args.device,
             "world_size": world,
             "batch_size": args.batch_size,
             "steps": args.steps,
@@ -531,6 +544,9 @@ def parser() -> argparse.ArgumentParser:
                          "the process (no page faults to get it back each step), system leaves glibc's defaults "
                          "(benchmarks/allocator.py)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where every rank's model lives (cuda: all ranks on cuda:0; the ddp_nccl row needs a GPU "
+                         "per rank)")
     ap.add_argument("--json", dest="json_path")
     return ap
 

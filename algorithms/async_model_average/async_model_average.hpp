@@ -1,4 +1,4 @@
-// async_model_average (ALGORITHMS.md): after `warmup_steps` of
+// async_model_average (docs/async_model_average.md): after `warmup_steps` of
 // gradient_allreduce, training never communicates; a thread of its own
 // averages a snapshot of the weights with peers (all, shift_one or ring)
 // every `sync_interval_ms` and moves the weights by (average - snapshot)

@@ -1,4 +1,4 @@
-// The thread of async_model_average (ALGORITHMS.md). Every `interval` it
+// The thread of async_model_average (docs/async_model_average.md). Every `interval` it
 // runs one round: the ranks' threads exchange a small record (stop? pause?
 // which round?) so that all agree on what this round does and anyone can
 // name a peer that went silent; then a snapshot of the weights is averaged

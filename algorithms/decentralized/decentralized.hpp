@@ -1,4 +1,4 @@
-// decentralized (D-PSGD, ALGORITHMS.md): ranks average their weights with
+// decentralized (D-PSGD, docs/decentralized.md): ranks average their weights with
 // peers instead of all-reducing gradients. On a communication step (every
 // `communication_interval` steps) the weights' exchange is launched at the
 // forward pre-hook and runs while forward and backward read the same

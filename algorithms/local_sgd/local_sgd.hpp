@@ -1,4 +1,4 @@
-// local_sgd (ALGORITHMS.md): every rank steps alone for `period` steps, then
+// local_sgd (docs/local_sgd.md): every rank steps alone for `period` steps, then
 // the ranks average their weights and floating-point buffers (BatchNorm
 // statistics). With an outer optimizer (DiLoCo) the average is taken of the
 // pseudo-gradient delta = x0 - x, x0 being the weights of the last

@@ -1,4 +1,4 @@
-// low_precision_decentralized (ALGORITHMS.md; BAGUA's low-precision
+// low_precision_decentralized (docs/low_precision_decentralized.md; BAGUA's low-precision
 // decentralized SGD): ring gossip that sends compressed *differences*.
 // Every rank keeps three fp32 replicas: its own last weights w and its
 // copies l and r of its left and right neighbours' w. After the optimizer

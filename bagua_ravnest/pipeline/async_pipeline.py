@@ -1,5 +1,5 @@
 """Ravnest's asynchronous pipeline inside one cluster (docs/pipeline.md;
-semantics in ALGORITHMS.md, async_pipeline): this rank runs one stage.
+semantics in docs/pipeline.md): this rank runs one stage.
 
 Unlike a synchronous schedule (GPipe, 1F1B), the pipeline never drains
 between optimizer steps. The first stage keeps feeding micro-batches as

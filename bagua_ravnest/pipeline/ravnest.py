@@ -1,5 +1,5 @@
 """Ravnest: clusters of asynchronous pipelines that average across clusters
-(docs/ravnest.md; semantics in ALGORITHMS.md, ravnest).
+(docs/ravnest.md).
 
 A *layout* says which ranks form each cluster (a chain, stage 0 first) and
 where each cluster cuts the model's layers; the cluster planner writes one

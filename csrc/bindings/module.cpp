@@ -23,7 +23,9 @@
 #include "comm/shm_transport.hpp"
 #include "comm/tags.hpp"
 #include "core/error.hpp"
+#include "engine/cuda/cuda_stage.hpp"
 #include "engine/engine.hpp"
+#include "engine/threaded_stage.hpp"
 #include "topology/cluster_plan.hpp"
 #include "topology/link_rates.hpp"
 
@@ -371,8 +373,8 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("communicator"), py::arg("spec"), py::arg("host_keys"), py::arg("timeout_s"), py::arg("lanes") = 2,
            py::arg("link_mbit") = std::vector<double>{})
-      .def_property_readonly("spec", [](Engine& e) { return e.algorithm().spec(); })
-      .def_property_readonly("plan_description", [](Engine& e) { return e.algorithm().plan_description(); },
+      .def_property_readonly("spec", &Engine::spec)
+      .def_property_readonly("plan_description", &Engine::plan_description,
                              "The algorithm's start-up plan in words ('' when it has none).")
       .def_property("step", &Engine::step, &Engine::set_step)
       .def("bucket_roles",
@@ -396,9 +398,12 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "set_buckets",
           [](Engine& e, const std::string& role, const std::vector<std::pair<at::Tensor, std::vector<std::size_t>>>& buckets,
-             std::size_t num_tensors, const std::vector<at::Tensor>& companions) {
+             std::size_t num_tensors, const std::vector<at::Tensor>& companions, const std::vector<at::Tensor>& devices) {
             if (!companions.empty() && companions.size() != buckets.size()) {
               throw InvalidArgument("set_buckets: give one companion per bucket, or none");
+            }
+            if (!devices.empty() && devices.size() != buckets.size()) {
+              throw InvalidArgument("set_buckets: give one device buffer per bucket, or none");
             }
             std::vector<BucketSpec> specs;
             for (std::size_t b = 0; b < buckets.size(); ++b) {
@@ -418,14 +423,26 @@ PYBIND11_MODULE(_C, m) {
                 companion = c.data_ptr<float>();
                 held.push_back(c);
               }
+              void* device = nullptr;
+              if (!devices.empty()) {
+                // The bucket's tensors live here; `t` is its host staging buffer.
+                const at::Tensor& d = devices[b];
+                if (!d.is_contiguous() || d.scalar_type() != t.scalar_type() || d.numel() != t.numel()) {
+                  throw InvalidArgument("a bucket's device buffer must be contiguous, of its host buffer's dtype and size");
+                }
+                device = d.data_ptr();
+                held.push_back(d);
+              }
               BucketSpec spec{t.data_ptr(), static_cast<std::size_t>(t.numel()), dtype_of(t), members,
                               std::make_shared<std::vector<at::Tensor>>(std::move(held))};
               spec.companion = companion;
+              spec.device = device;
               specs.push_back(std::move(spec));
             }
             e.set_buckets(role_of(role), std::move(specs), num_tensors);
           },
-          py::arg("role"), py::arg("buckets"), py::arg("num_tensors"), py::arg("companions") = std::vector<at::Tensor>{})
+          py::arg("role"), py::arg("buckets"), py::arg("num_tensors"), py::arg("companions") = std::vector<at::Tensor>{},
+          py::arg("devices") = std::vector<at::Tensor>{})
       .def_property_readonly("fills_companions", &Engine::fills_companions,
                              "Whether the algorithm fills a companion beside each gradient bucket for its optimizer.")
       .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
@@ -434,26 +451,44 @@ PYBIND11_MODULE(_C, m) {
       .def("drain", &Engine::drain, py::call_guard<py::gil_scoped_release>())
       .def("control", &Engine::control, py::arg("name"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("controls", &Engine::controls)
-      .def_property_readonly("depends_on_step", [](Engine& e) { return e.algorithm().depends_on_step(); })
-      .def_property_readonly("moves_weights_in_background",
-                             [](Engine& e) { return e.algorithm().moves_weights_in_background(); })
+      .def_property_readonly("depends_on_step", &Engine::depends_on_step)
+      .def_property_readonly("moves_weights_in_background", &Engine::moves_weights_in_background)
       .def(
           "hold_weights",
-          [](Engine& e, bool replace) { e.algorithm().hold_weights(replace ? WeightsHold::Replace : WeightsHold::Read); },
+          [](Engine& e, bool replace) { e.hold_weights(replace ? WeightsHold::Replace : WeightsHold::Read); },
           py::arg("replace"), py::call_guard<py::gil_scoped_release>())
-      .def("release_weights", [](Engine& e) { e.algorithm().release_weights(); })
+      .def("release_weights", &Engine::release_weights)
       .def("before_averaging_replicas", &Engine::before_averaging_replicas,
            py::call_guard<py::gil_scoped_release>())
       .def("replicas_averaged", &Engine::replicas_averaged, py::call_guard<py::gil_scoped_release>())
-      .def("mark_ready", &Engine::mark_ready, py::arg("index"))
+      .def("mark_ready", &Engine::mark_ready, py::arg("index"), py::arg("producer") = 0,
+           "Tensor `index` has its gradient; `producer`: the device queue (a cudaStream_t as an int) that wrote it.")
       .def("unready_tensors", &Engine::unready_tensors)
-      .def("wait_all", &Engine::wait_all, py::call_guard<py::gil_scoped_release>())
+      .def("wait_all", &Engine::wait_all, py::arg("consumer") = 0, py::call_guard<py::gil_scoped_release>(),
+           "End of backward; the device queue `consumer` (a cudaStream_t as an int) is ordered after every copy back.")
+      .def(
+          "set_stage",
+          [](Engine& e, const std::string& kind, int device, double delay_out_ms, double delay_in_ms) {
+            if (kind == "cuda") {
+              e.set_stage(cuda::make_stage(device));
+            } else if (kind == "threaded") {
+              using us = std::chrono::microseconds;
+              e.set_stage(std::make_shared<ThreadedStage>(ThreadedStage::Delays{
+                  us(static_cast<long long>(delay_out_ms * 1000)), us(static_cast<long long>(delay_in_ms * 1000))}));
+            } else {
+              throw InvalidArgument(fmt::format("unknown stage '{}': 'cuda' or 'threaded'", kind));
+            }
+          },
+          py::arg("kind"), py::arg("device") = 0, py::arg("delay_out_ms") = 0.0, py::arg("delay_in_ms") = 0.0,
+          "How buckets with a device buffer reach host memory: 'cuda' (a copy stream of device `device`) or "
+          "'threaded' (host copies on a thread of their own, delayed as given: the CPU suite's stand-in).")
+      .def_property_readonly("staged", &Engine::staged)
       .def("forward_pre_hook", &Engine::forward_pre_hook, py::call_guard<py::gil_scoped_release>())
       .def("post_optimizer_step_hook", &Engine::post_optimizer_step_hook, py::call_guard<py::gil_scoped_release>())
       .def("state_dict",
            [](Engine& e) {
              py::dict out;
-             for (const auto& [k, v] : e.algorithm().state_dict()) {
+             for (const auto& [k, v] : e.state_dict()) {
                out[py::str(k)] = py::bytes(reinterpret_cast<const char*>(v.data()), v.size());
              }
              return out;
@@ -461,6 +496,6 @@ PYBIND11_MODULE(_C, m) {
       .def("load_state_dict", [](Engine& e, const std::map<std::string, std::string>& state) {
         AlgorithmState s;
         for (const auto& [k, v] : state) s[k] = std::vector<std::uint8_t>(v.begin(), v.end());
-        e.algorithm().load_state_dict(s);
+        e.load_state_dict(s);
       });
 }

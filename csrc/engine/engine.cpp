@@ -83,7 +83,39 @@ std::vector<std::vector<std::size_t>> Engine::plan(BucketRole role, const std::v
   return *own;
 }
 
+void Engine::set_stage(DeviceStagePtr stage) {
+  std::lock_guard lock(mu_);
+  if (!buckets_.empty() || started_) throw Error("set_stage must come before the buckets and start()");
+  stage_ = std::move(stage);
+}
+
+void Engine::wait_for_landings() {
+  std::vector<StagePointPtr> points;
+  {
+    std::lock_guard lock(landings_->mu);
+    points = landings_->points;
+  }
+  for (std::size_t b = 0; b < points.size(); ++b) {
+    if (points[b]) wait_for_point(*stage_, points[b], timeout_, fmt::format("bucket {}", b));
+  }
+}
+
 void Engine::set_buckets(BucketRole role, std::vector<BucketSpec> buckets, std::size_t num_tensors) {
+  for (const auto& b : buckets) {
+    if (!b.device) continue;
+    if (role != BucketRole::Gradients) {
+      throw InvalidArgument(fmt::format("{}: {} buckets on a device are not staged in this version (gradient "
+                                        "buckets are)", algorithm_->spec(), role_name(role)));
+    }
+    if (!stage_) throw InvalidArgument("a bucket has a device buffer but the engine has no stage (set_stage)");
+    if (b.companion) {
+      throw InvalidArgument(fmt::format("{}: its companions (for its optimizer) are host memory; a bucket on a "
+                                        "device cannot have one in this version", algorithm_->spec()));
+    }
+  }
+  // A copy back into the buffers being replaced must land first (its host
+  // buffer may be handed out again as soon as the caller drops it).
+  if (role == BucketRole::Gradients && stage_) wait_for_landings();
   std::unique_lock lock(mu_);
   if (!watchdog_->idle()) throw Error("set_buckets called while bucket operations are in flight");
   std::vector<int> owner(num_tensors, -1);
@@ -106,6 +138,8 @@ void Engine::set_buckets(BucketRole role, std::vector<BucketSpec> buckets, std::
     pending_.clear();
     for (const auto& b : buckets_) pending_.push_back(b.tensors.size());
     next_launch_ = 0;
+    std::lock_guard landing(landings_->mu);
+    landings_->points.assign(buckets_.size(), nullptr);
   }
   lock.unlock();
   for (const auto& view : (*views)[static_cast<std::size_t>(role)]) {
@@ -130,7 +164,7 @@ void Engine::stop() {
   algorithm_->stop(timeout_);
 }
 
-void Engine::mark_ready(std::size_t index) {
+void Engine::mark_ready(std::size_t index, std::uintptr_t producer) {
   std::lock_guard lock(mu_);
   if (index >= bucket_of_.size() || bucket_of_[index] < 0) {
     throw InvalidArgument(fmt::format("tensor {} is not in any bucket", index));
@@ -142,7 +176,7 @@ void Engine::mark_ready(std::size_t index) {
   }
   ready_[index] = true;
   --pending_[bucket_of_[index]];
-  while (next_launch_ < buckets_.size() && pending_[next_launch_] == 0) launch(next_launch_++);
+  while (next_launch_ < buckets_.size() && pending_[next_launch_] == 0) launch(next_launch_++, producer);
 }
 
 std::vector<std::size_t> Engine::unready_tensors() const {
@@ -154,19 +188,33 @@ std::vector<std::size_t> Engine::unready_tensors() const {
   return out;
 }
 
-void Engine::launch(std::size_t b) {
+void Engine::launch(std::size_t b, std::uintptr_t producer) {
   const BucketSpec& spec = buckets_[b];
   const BucketView view = (*views_)[0][b];
   const TagBlock tags = tags_.next();
   const std::size_t ticket = watchdog_->add(fmt::format(
       "{} on bucket {} ({} x {}, step {})", algorithm_->spec(), b, spec.count, dtype_name(spec.dtype), step_));
   const std::size_t lanes = algorithm_->buckets_may_overlap() ? lanes_.size() : 1;
+  // A staged bucket: its copy out is enqueued now, behind the gradients
+  // the producer has written; the lane waits for it before the exchange
+  // reads the host buffer, and enqueues the copy back once it is done.
+  StagePointPtr copied;
+  DeviceStagePtr stage = spec.device ? stage_ : nullptr;
+  const std::size_t bytes = spec.count * dtype_size(spec.dtype);
+  if (stage) copied = stage->copy_out(spec.device, spec.data, bytes, stage->record(producer), spec.owner);
   lanes_[b % lanes]->submit(
       [comm = comm_, algorithm = algorithm_, watchdog = watchdog_, owner = spec.owner, views = views_, view,
-       tags, ticket, step = step_] {
+       tags, ticket, step = step_, stage, copied, device = spec.device, bytes, landings = landings_,
+       timeout = timeout_, b] {
         run_tracked(*watchdog, ticket, [&] {
+          if (stage) wait_for_point(*stage, copied, timeout, fmt::format("bucket {} (to host)", b));
           StepContext ctx = context_of(*comm, *views, tags, step);
           algorithm->on_bucket_ready(view, ctx);
+          if (stage) {
+            StagePointPtr landed = stage->copy_in(view.data, device, bytes, owner);
+            std::lock_guard lock(landings->mu);
+            if (b < landings->points.size()) landings->points[b] = std::move(landed);
+          }
         });
       },
       [watchdog = watchdog_, ticket, b] {
@@ -253,7 +301,7 @@ void Engine::call_hook(const std::function<void(StepContext&)>& hook) {
   hook(ctx);
 }
 
-void Engine::wait_all() {
+void Engine::wait_all(std::uintptr_t consumer) {
   {
     std::lock_guard lock(mu_);
     if (next_launch_ != buckets_.size()) {
@@ -262,6 +310,16 @@ void Engine::wait_all() {
     }
   }
   watchdog_->wait_all(timeout_);
+  if (stage_) {
+    std::vector<StagePointPtr> points;
+    {
+      std::lock_guard lock(landings_->mu);
+      points = landings_->points;
+    }
+    for (std::size_t b = 0; b < points.size(); ++b) {
+      if (points[b]) stage_->order_before(points[b], consumer, timeout_, fmt::format("bucket {} (to device)", b));
+    }
+  }
   call_hook([&](StepContext& ctx) { algorithm_->post_backward_hook(ctx); });
   std::lock_guard lock(mu_);
   ready_.assign(ready_.size(), false);

@@ -16,6 +16,7 @@
 #include "comm/communicator.hpp"
 #include "comm/job_request.hpp"
 #include "comm/tag_source.hpp"
+#include "engine/device_stage.hpp"
 #include "engine/watchdog.hpp"
 
 namespace bagua {
@@ -30,6 +31,13 @@ struct BucketSpec {
   // May be null when the caller guarantees the lifetime (tests).
   std::shared_ptr<void> owner;
   float* companion = nullptr;  // count fp32 values, or null (BucketView)
+  // Where the tensors live when that is not the host (a GPU): the engine
+  // then stages the bucket through `data`, its host buffer, with the
+  // engine's DeviceStage: the gradients are copied out once autograd's
+  // queue has written them, the algorithm runs on `data` exactly as for a
+  // host bucket, and the result is copied back before the optimizer's
+  // queue reads it. Null: `data` is where the tensors live.
+  void* device = nullptr;
 };
 
 class Engine {
@@ -55,22 +63,30 @@ class Engine {
   void set_buckets(std::vector<BucketSpec> buckets, std::size_t num_tensors) {
     set_buckets(BucketRole::Gradients, std::move(buckets), num_tensors);
   }
+  // The stage of the buckets that have a device buffer (BucketSpec::device);
+  // set before such buckets. Gradient buckets only in this version.
+  void set_stage(DeviceStagePtr stage);
+  bool staged() const { return stage_ != nullptr; }
+
   // Once the buckets are set: the algorithm may start its thread.
   void start();
   // Stops the algorithm's thread; idempotent (the destructor calls it too).
   void stop();
 
   // From autograd: tensor `index` has its gradient. Launches every bucket
-  // that is complete and whose predecessors have all been launched.
-  void mark_ready(std::size_t index);
+  // that is complete and whose predecessors have all been launched. For a
+  // staged bucket, `producer` is the device queue that wrote the gradient
+  // (the copy out waits for the point it has reached now).
+  void mark_ready(std::size_t index, std::uintptr_t producer = 0);
   // Tensors not marked ready in the current iteration: the caller names
   // them when backward ended without their gradients.
   std::vector<std::size_t> unready_tensors() const;
 
   // End of backward: waits for all launched operations (bounded by the
-  // timeout), runs the post-backward hook, then resets the per-iteration
-  // state.
-  void wait_all();
+  // timeout), orders the device queue `consumer` after every staged
+  // bucket's copy back (without blocking the host where the device can),
+  // runs the post-backward hook, then resets the per-iteration state.
+  void wait_all(std::uintptr_t consumer = 0);
 
   // Waits (within the timeout) for every launched operation, without the
   // end-of-backward hook: before the algorithm's state is read or replaced,
@@ -91,13 +107,28 @@ class Engine {
   std::vector<std::string> controls() const { return algorithm_->controls(); }
   bool fills_companions() const { return algorithm_->fills_companions(); }
 
+  // The algorithm as the wrapper sees it: every call from the wrapper into
+  // the algorithm goes through the engine.
+  std::string spec() const { return algorithm_->spec(); }
+  std::string plan_description() const { return algorithm_->plan_description(); }
+  bool depends_on_step() const { return algorithm_->depends_on_step(); }
+  bool moves_weights_in_background() const { return algorithm_->moves_weights_in_background(); }
+  void hold_weights(WeightsHold hold) { algorithm_->hold_weights(hold); }
+  void release_weights() { algorithm_->release_weights(); }
+  AlgorithmState state_dict() const { return algorithm_->state_dict(); }
+  void load_state_dict(const AlgorithmState& state) { algorithm_->load_state_dict(state); }
+
   std::uint64_t step() const { return step_; }
   void set_step(std::uint64_t step) { step_ = step; }
 
+  // For tests of an algorithm driven through an engine.
   Algorithm& algorithm() { return *algorithm_; }
 
  private:
-  void launch(std::size_t bucket);  // with mu_ held
+  void launch(std::size_t bucket, std::uintptr_t producer);  // with mu_ held
+  // Blocks (within the timeout) until every staged bucket's last copy back
+  // has landed: before its buffers are replaced.
+  void wait_for_landings();
   void launch_job(std::string label, std::function<void(StepContext&)> job);
   RequestPtr launch_background(std::string label, std::function<void(StepContext&)> job);
   // Runs `hook` with a context of its own tags, outside mu_.
@@ -123,6 +154,15 @@ class Engine {
   std::vector<bool> ready_;        // tensor -> marked this iteration
   std::vector<std::size_t> pending_;  // bucket -> tensors not yet ready
   std::size_t next_launch_ = 0;
+  DeviceStagePtr stage_;
+  // Per gradient bucket: the end of its last copy back (null when none).
+  // Written by the lane that ran the bucket, read after the watchdog said
+  // it finished; its own mutex, since lanes write while mu_ is not held.
+  struct Landings {
+    std::mutex mu;
+    std::vector<StagePointPtr> points;
+  };
+  std::shared_ptr<Landings> landings_ = std::make_shared<Landings>();
   TagSource tags_;
   std::uint64_t step_ = 0;
   bool started_ = false;

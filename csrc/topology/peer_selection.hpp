@@ -1,5 +1,5 @@
-// Who averages with whom in decentralized training (ALGORITHMS.md,
-// decentralized): every rank (all), one partner that changes every step
+// Who averages with whom in decentralized training (docs/decentralized.md):
+// every rank (all), one partner that changes every step
 // (shift_one), or both ring neighbours (ring). Positions are indices into a
 // group of n members (all ranks, or the host leaders).
 #pragma once

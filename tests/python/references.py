@@ -1,5 +1,5 @@
 """Independent re-implementations, in plain torch, of what the compressing
-algorithms compute (ALGORITHMS.md), for tests to compare against."""
+algorithms compute (each one's page in docs/), for tests to compare against."""
 
 import torch
 import torch.distributed as dist
@@ -88,7 +88,7 @@ def reference_average_with_feedback(flat: torch.Tensor, worker: torch.Tensor, se
 
 
 def shift_one_peer(position: int, n: int, step: int) -> int:
-    """ALGORITHMS.md, decentralized: rank r < n/2 pairs with
+    """docs/decentralized.md: rank r < n/2 pairs with
     ((step + r) mod (n/2)) + n/2, rank r >= n/2 with (r - n/2 - step) mod (n/2)."""
     half = n // 2
     if position < half:

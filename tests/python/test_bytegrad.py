@@ -1,6 +1,6 @@
 """bytegrad, fp16_allreduce and bf16_allreduce against an independent
 reference written with plain torch.distributed over Gloo: every rank gathers
-everyone's exact gradients and applies the algorithm's math (ALGORITHMS.md)
+everyone's exact gradients and applies the algorithm's math (docs/bytegrad.md)
 itself, with the codec re-implemented in torch."""
 
 import pytest
@@ -26,7 +26,7 @@ def _against_reference(rank, world, algorithm, cap_mb):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
         # The reference reduces the same buckets (same members, same order).
-        for members in ours._bucket_members:
+        for members in ours._buckets.members:
             flat = torch.cat([params[i].grad.reshape(-1) for i in members])
             averaged = reference_average(flat, ROUNDTRIP[algorithm], gloo)
             offset = 0
@@ -36,7 +36,7 @@ def _against_reference(rank, world, algorithm, cap_mb):
                 offset += g.numel()
         opt_ours.step()
         opt_ref.step()
-    return (flat_params(ours) - flat_params(ref)).abs().max().item(), ours.algorithm, len(ours._buckets)
+    return (flat_params(ours) - flat_params(ref)).abs().max().item(), ours.algorithm, len(ours._buckets.gradients)
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -1,4 +1,4 @@
-"""Algorithms composed from their parts (DESIGN.md, "The three strategies"):
+"""Algorithms composed from their parts (docs/composition.md):
 codec= x exchange= x schedule= build the named algorithm that computes it
 (the canonical spec says which), train through the DDP wrapper, and get the
 wrapper's requirements from what they build."""

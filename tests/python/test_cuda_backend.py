@@ -107,20 +107,3 @@ def test_torch_ddp_on_a_cuda_model_reduces_through_nccl():
     same, comms = result
     assert any(n.startswith("nccl:all_reduce") for n in comms), comms
     assert same, "torch DDP over the bagua backend on one rank should train exactly as the model alone"
-
-
-def _our_ddp_refuses_cuda(rank, world):
-    import bagua_ravnest
-
-    model = torch.nn.Linear(4, 4).cuda()
-    try:
-        bagua_ravnest.DistributedDataParallel(model)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-@needs_cuda
-def test_our_ddp_names_the_cuda_parameter_and_the_way_out():
-    (message,) = values(run_world(_our_ddp_refuses_cuda, 1, timeout=300))
-    assert message is not None and "on cuda:0" in message and "torch DDP" in message, message

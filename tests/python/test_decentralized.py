@@ -1,6 +1,6 @@
 """decentralized (D-PSGD over weights) against an independent reference in
 plain torch.distributed over Gloo: every rank gathers everyone's weights and
-mixes them by the mode's formula (ALGORITHMS.md), then applies its own
+mixes them by the mode's formula (docs/decentralized.md), then applies its own
 gradient taken at the weights before the mix: x_{t+1} = W x_t - lr g(x_t)."""
 
 import pytest

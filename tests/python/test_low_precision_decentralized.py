@@ -1,5 +1,5 @@
 """low_precision_decentralized against an independent reference in plain
-torch.distributed over Gloo (ALGORITHMS.md): three replicas per rank,
+torch.distributed over Gloo (docs/low_precision_decentralized.md): three replicas per rank,
 d = x + l/3 + r/3 - 5w/3 compressed and sent to both ring neighbours, every
 side adding the same decoded difference; and its invariant, my weights equal
 my right neighbour's copy of them bit for bit, checked at run time."""

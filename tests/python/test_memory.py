@@ -34,7 +34,7 @@ def _tracked_tags_over_a_run(rank, world, algorithm, steps, checks):
             dist.barrier(group=gloo)  # nobody sends until everyone has counted
             seen[step] = model._transport.shared_memory_tracked_tags
             dist.barrier(group=gloo)
-    return len(model._buckets), model._transport.shared_memory_peers, seen
+    return len(model._buckets.gradients), model._transport.shared_memory_peers, seen
 
 
 @pytest.mark.parametrize("algorithm", ["gradient_allreduce", "bytegrad", "onebit_adam"])

@@ -119,7 +119,7 @@ def _against_reference(rank, world, algorithm, warmup, steps, precondition=False
         ref.zero_grad()
         nn.functional.cross_entropy(ref(x), y).backward()
         grads = [p.grad for p in params]
-        for b, members in enumerate(ours._bucket_members):
+        for b, members in enumerate(ours._buckets.members):
             key = f"bucket{b}."
             g = _flat(grads, members)
             m = before[key + "momentum"] if before else torch.zeros_like(g)

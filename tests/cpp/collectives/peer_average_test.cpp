@@ -14,7 +14,7 @@ namespace {
 
 float value(int rank, std::size_t i) { return std::sin(0.37f * static_cast<float>(i) + 1.3f * rank) * (rank + 1); }
 
-// What each mode must give, written from ALGORITHMS.md.
+// What each mode must give, written from docs/decentralized.md.
 float expected(PeerMode mode, int rank, int n, std::uint64_t step, std::size_t i) {
   switch (mode) {
     case PeerMode::All: {
