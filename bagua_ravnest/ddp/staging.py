@@ -38,7 +38,7 @@ def module_device(named: list[tuple[str, torch.Tensor]], device_ids) -> torch.de
     (device,) = first
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"parameter {first[device]!r} is on {device}; CPU and CUDA modules are supported")
-    if device_ids is not None:
+    if device_ids is not None and len(list(device_ids)) > 0:  # [] is None, as for torch DDP
         ids = list(device_ids)
         wanted = [device.index if device.type == "cuda" else None]
         given = [torch.device(i).index if isinstance(i, (str, torch.device)) else i for i in ids]

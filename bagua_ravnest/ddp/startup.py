@@ -78,7 +78,8 @@ def registry_name(spec: str, rank: int, world: int, keys: list[int]) -> str | No
 def _encode(text: str, size: int) -> torch.Tensor:
     raw = text.encode()[: size - 1]
     out = torch.zeros(size, dtype=torch.uint8)
-    out[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    if raw:
+        out[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     return out
 
 
@@ -120,10 +121,26 @@ def agree_on_configuration(spec: str, params: list[torch.Tensor], rank: int, wor
             f"ranks disagree on the algorithm ({listing}); pass the same algorithm= (or BAGUA_ALGORITHM) "
             f"on every rank"
         )
+    _check_agreed_shapes(digests)
+    return canonical
+
+
+def agree_no_error(local_error: str, world: int, process_group) -> None:
+    """Raises on every rank when some rank has an error (a refusal found
+    after the configuration agreed), so that none goes on alone."""
+    everyone = torch.empty(world * _SPEC_BYTES, dtype=torch.uint8)
+    all_gather_flat(everyone, _encode(local_error, _SPEC_BYTES), process_group)
+    errors = [(r, _decode(row)) for r, row in enumerate(everyone.view(world, -1))]
+    errors = [(r, m) for r, m in errors if m]
+    if errors:
+        bad_rank, message = errors[0]
+        raise ValueError(f"rank {bad_rank}: {message}")
+
+
+def _check_agreed_shapes(digests: list[bytes]) -> None:
     if len(set(digests)) != 1:
         odd = [r for r, d in enumerate(digests) if d != digests[0]]
         raise ValueError(
             f"ranks {odd} have parameters of different shapes or dtypes than rank 0; every rank must wrap "
             f"the same model"
         )
-    return canonical

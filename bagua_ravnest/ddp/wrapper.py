@@ -116,13 +116,20 @@ class DistributedDataParallel(nn.Module):
         self._world = dist.get_world_size(self.process_group)
         self._src = dist.get_process_group_ranks(self.process_group)[0]
         self._host_keys = startup.host_keys(self.process_group)
+        # A local refusal takes part in an exchange, so that every rank
+        # raises it instead of some going on alone.
+        self._staging, refusal = None, ""
+        try:
+            self._staging = Staging(self.device)
+        except ValueError as e:
+            refusal = str(e)
+        startup.agree_no_error(refusal, self._world, self.process_group)
         spec = resolve_algorithm(algorithm)
         name = self._registry_name(spec)
         spec = optimizer_coupling.with_optimizer_hyperparameters(spec, name, optimizer)
         self.algorithm = startup.agree_on_configuration(spec, self._params, self._rank, self._world,
                                                         self._host_keys, self.process_group)
         name = self._registry_name(self.algorithm)
-        self._staging = Staging(self.device)
         optimizer_coupling.bind_algorithm(optimizer, self.algorithm, name)
         if self._world > 1:
             replicas.broadcast([p.data for p in module.parameters()] + list(module.buffers()), self._src,
@@ -137,8 +144,8 @@ class DistributedDataParallel(nn.Module):
                                  self._timeout_s, lanes, link_mbit_of(self.process_group))
         if self._rank == 0 and self._engine.plan_description:
             print(f"bagua: {self._engine.plan_description}", file=sys.stderr, end="", flush=True)
-        if self._staging.kind == "cuda":
-            _check_runs_on_a_gpu(self._engine, self.algorithm, name)
+        refusal = _refusal_on_a_gpu(self._engine, self.algorithm, name) if self._staging.kind == "cuda" else ""
+        startup.agree_no_error(refusal, self._world, self.process_group)
         self._staging.configure(self._engine)
         self._optimizer = optimizer
         self._buckets = Buckets(self._engine, module, self._params, self._staging, self.algorithm, optimizer,
@@ -263,7 +270,7 @@ class DistributedDataParallel(nn.Module):
         return self._engine.step
 
 
-def _check_runs_on_a_gpu(engine, algorithm: str, name: str | None) -> None:
+def _refusal_on_a_gpu(engine, algorithm: str, name: str | None) -> str:
     """This version stages gradient buckets between a GPU and host memory;
     weights an algorithm moves itself, and optimizer state the algorithm
     shares, still live on the host only."""
@@ -273,8 +280,8 @@ def _check_runs_on_a_gpu(engine, algorithm: str, name: str | None) -> None:
     elif optimizer_coupling.shares_hyperparameters(name) or engine.fills_companions:
         why = "shares its arithmetic with its optimizer"
     else:
-        return
-    raise ValueError(
+        return ""
+    return (
         f"algorithm {algorithm!r} does not run on a CUDA model in this version: it {why}, which is staged for "
         f"host memory only. On a GPU, use an algorithm that averages gradients (gradient_allreduce, bytegrad, "
         f"fp16_allreduce, bf16_allreduce, or a composed spec with exchange=allreduce), or keep the model on the "

@@ -439,6 +439,8 @@ PYBIND11_MODULE(_C, m) {
               spec.device = device;
               specs.push_back(std::move(spec));
             }
+            // It may wait for copies in flight, whose end can drop tensors.
+            py::gil_scoped_release release;
             e.set_buckets(role_of(role), std::move(specs), num_tensors);
           },
           py::arg("role"), py::arg("buckets"), py::arg("num_tensors"), py::arg("companions") = std::vector<at::Tensor>{},

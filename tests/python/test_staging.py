@@ -108,3 +108,20 @@ def test_device_ids_must_fit_the_module():
 def test_a_bad_stage_setting_is_explained(setting):
     (message,) = values(run_world(_error_of, 1, _small, {}, env={"BAGUA_STAGE": setting}))
     assert message and f"BAGUA_STAGE={setting!r}" in message and "threaded:OUT_MS,IN_MS" in message, message
+
+
+def _bad_stage_on_the_last_rank(rank, world):
+    import os
+
+    if rank == world - 1:
+        os.environ["BAGUA_STAGE"] = "gpu"
+    try:
+        bagua_ravnest.DistributedDataParallel(_small())
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_a_setting_one_rank_refuses_fails_every_rank():
+    messages = values(run_world(_bad_stage_on_the_last_rank, 2, timeout=60))
+    assert all(m and m.startswith("rank 1: BAGUA_STAGE='gpu'") for m in messages), messages
