@@ -2,8 +2,9 @@
 # The one prepared run for a lent GPU machine (its time is short and counts
 # from its start): builds bagua_ravnest from source against that machine's
 # torch, runs the GPU tests, then the GPU benchmark, and prints one summary.
-# Budget: under 8 minutes on an H100/H200 with 16 cores. Results go to
-# $OUT (the device tool's folder that comes back) or out/gpu.
+# Meant to fit 8 minutes on an H100/H200 with 16 cores (each step has a
+# timeout; not yet timed on a GPU). Results go to $OUT (the device tool's
+# folder that comes back) or out/gpu.
 #
 #   bash benchmarks/gpu_check.sh            # everything
 #   GPU_CHECK_PARTS=tests bash benchmarks/gpu_check.sh

@@ -89,14 +89,14 @@ void Engine::set_stage(DeviceStagePtr stage) {
   stage_ = std::move(stage);
 }
 
-void Engine::wait_for_landings() {
+void Engine::for_each_landing(const std::function<void(std::size_t, const StagePointPtr&)>& fn) {
   std::vector<StagePointPtr> points;
   {
     std::lock_guard lock(landings_->mu);
-    points = landings_->points;
+    points = landings_->points;  // a copy: the waits run without the lock
   }
   for (std::size_t b = 0; b < points.size(); ++b) {
-    if (points[b]) wait_for_point(*stage_, points[b], timeout_, fmt::format("bucket {}", b));
+    if (points[b]) fn(b, points[b]);
   }
 }
 
@@ -115,7 +115,11 @@ void Engine::set_buckets(BucketRole role, std::vector<BucketSpec> buckets, std::
   }
   // A copy back into the buffers being replaced must land first (its host
   // buffer may be handed out again as soon as the caller drops it).
-  if (role == BucketRole::Gradients && stage_) wait_for_landings();
+  if (role == BucketRole::Gradients && stage_) {
+    for_each_landing([&](std::size_t b, const StagePointPtr& point) {
+      wait_for_point(*stage_, point, timeout_, fmt::format("bucket {}", b));
+    });
+  }
   std::unique_lock lock(mu_);
   if (!watchdog_->idle()) throw Error("set_buckets called while bucket operations are in flight");
   std::vector<int> owner(num_tensors, -1);
@@ -311,14 +315,9 @@ void Engine::wait_all(std::uintptr_t consumer) {
   }
   watchdog_->wait_all(timeout_);
   if (stage_) {
-    std::vector<StagePointPtr> points;
-    {
-      std::lock_guard lock(landings_->mu);
-      points = landings_->points;
-    }
-    for (std::size_t b = 0; b < points.size(); ++b) {
-      if (points[b]) stage_->order_before(points[b], consumer, timeout_, fmt::format("bucket {} (to device)", b));
-    }
+    for_each_landing([&](std::size_t b, const StagePointPtr& point) {
+      stage_->order_before(point, consumer, timeout_, fmt::format("bucket {} (to device)", b));
+    });
   }
   call_hook([&](StepContext& ctx) { algorithm_->post_backward_hook(ctx); });
   std::lock_guard lock(mu_);

@@ -126,9 +126,9 @@ class Engine {
 
  private:
   void launch(std::size_t bucket, std::uintptr_t producer);  // with mu_ held
-  // Blocks (within the timeout) until every staged bucket's last copy back
-  // has landed: before its buffers are replaced.
-  void wait_for_landings();
+  // fn(bucket, point) for each gradient bucket's last copy back, outside
+  // the landings' lock.
+  void for_each_landing(const std::function<void(std::size_t, const StagePointPtr&)>& fn);
   void launch_job(std::string label, std::function<void(StepContext&)> job);
   RequestPtr launch_background(std::string label, std::function<void(StepContext&)> job);
   // Runs `hook` with a context of its own tags, outside mu_.
